@@ -1,0 +1,54 @@
+"""Device and dtype selection: CUDA first, DirectML when installed, CPU always."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+DIRECTML_INSTALL_HINT = "pip install 'helix[directml]'"
+
+_AUTO_DTYPES = {"cuda": torch.bfloat16, "cpu": torch.float32, "privateuseone": torch.float16}
+_NAMED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def directml_available() -> bool:
+    return importlib.util.find_spec("torch_directml") is not None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map "auto" | "cuda" | "cuda:N" | "cpu" | "directml" to a torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if directml_available():
+            return _directml_device()
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={name!r} was requested but CUDA is not available")
+        return torch.device(name)
+    if name == "directml":
+        if not directml_available():
+            raise RuntimeError(
+                f"device='directml' needs the torch-directml package: {DIRECTML_INSTALL_HINT}")
+        return _directml_device()
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device: expected auto, cuda, cpu or directml, got {name!r}")
+
+
+def _directml_device() -> torch.device:
+    import torch_directml  # optional dependency, present when directml_available()
+
+    return torch_directml.device()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" means bf16 on CUDA, fp32 on CPU, fp16 on DirectML."""
+    if name == "auto":
+        return _AUTO_DTYPES.get(device.type, torch.float32)
+    try:
+        return _NAMED_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype: expected auto, {', '.join(_NAMED_DTYPES)}; got {name!r}") from None

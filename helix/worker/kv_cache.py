@@ -1,0 +1,45 @@
+"""Allocation and sizing of the paged KV cache tensor.
+
+One tensor holds every layer: [num_layers, 2, num_blocks, block_size,
+num_kv_heads, head_dim], where index 0 of dim 1 is keys and 1 is values.
+Moving a block (swap, copy) is then one indexed copy over dim 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from helix.config import CacheConfig
+from helix.worker.models.arch import ArchConfig
+
+_GIB = 1 << 30
+
+
+def bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return arch.num_layers * 2 * block_size * arch.num_kv_heads * arch.head_dim * element_size
+
+
+def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dtype,
+                          device: torch.device) -> int:
+    """How many blocks fit: `num_kv_blocks` if set, else the memory budget."""
+    if cache.num_kv_blocks is not None:
+        return cache.num_kv_blocks
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        # Keep (1 - utilization) of the card for activations and other processes.
+        budget = free - (1.0 - cache.gpu_memory_utilization) * total
+    else:
+        budget = cache.cpu_kv_cache_gib * _GIB
+    num_blocks = int(budget // bytes_per_block(arch, cache.block_size, dtype))
+    if num_blocks < 1:
+        raise RuntimeError(
+            f"no memory left for the KV cache (budget {budget / _GIB:.2f} GiB); lower the model size, "
+            f"raise gpu_memory_utilization, or set num_kv_blocks")
+    return num_blocks
+
+
+def allocate_kv_cache(arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                      device: torch.device, pin_memory: bool = False) -> torch.Tensor:
+    shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+    return torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin_memory)

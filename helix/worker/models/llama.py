@@ -1,0 +1,201 @@
+"""The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) on a paged KV cache.
+
+Weights keep Hugging Face names except two fused projections: q/k/v into
+`qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three
+and two). `load_weights` maps checkpoint names onto them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from helix.worker.attention import AttentionMetadata, paged_attention, write_kv
+from helix.worker.models.arch import ArchConfig
+from helix.worker.models.rope import RotaryEmbedding
+
+# checkpoint suffix -> (fused parameter suffix, shard index)
+_FUSED_SHARDS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32, scale in the model dtype (as transformers does).
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = arch.num_heads
+        self.num_kv_heads = arch.num_kv_heads
+        self.head_dim = arch.head_dim
+        self.shard_sizes = (arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim,
+                            arch.num_kv_heads * arch.head_dim)
+        self.qkv_proj = nn.Linear(arch.hidden_size, sum(self.shard_sizes), bias=arch.qkv_bias)
+        self.o_proj = nn.Linear(arch.num_heads * arch.head_dim, arch.hidden_size, bias=False)
+        self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
+        self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
+        self.rotary = rotary
+        self.scale = arch.head_dim ** -0.5
+        self.sliding_window = arch.sliding_window
+
+    def forward(self, hidden: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(self.shard_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(meta.positions, q, k)
+        write_kv(k, v, kv_cache, meta.slot_mapping)
+        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
+        return self.o_proj(out.reshape(num_tokens, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        self.intermediate_size = arch.intermediate_size
+        self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.self_attn = Attention(arch, rotary)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.mlp = MLP(arch)
+
+    def forward(self, hidden: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), kv_cache, meta)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype):
+        super().__init__()
+        rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings, dtype)
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(arch, rotary) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden = layer(hidden, kv_cache, meta)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward() -> final hidden states [num_tokens, hidden]; compute_logits() -> [n, vocab]."""
+
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype):
+        super().__init__()
+        self.arch = arch
+        self.model = DecoderModel(arch, dtype)
+        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        if arch.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        # input_ids: [num_tokens]; kv_caches: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
+        return self.model(input_ids, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors in; fail if any parameter is left unset."""
+        params = dict(self.named_parameters())
+        pending_shards: dict[str, set[int]] = {}
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if _is_ignored(name):
+                continue
+            target, shard = _map_name(name)
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in {self.arch.architecture}")
+            param = params[target]
+            with torch.no_grad():
+                if shard is None:
+                    _copy_checked(param, tensor, name)
+                else:
+                    _copy_checked(self._shard_view(target, param, shard), tensor, name)
+                    pending_shards.setdefault(target, set()).add(shard)
+            loaded.add(target)
+        self._check_complete(params, loaded, pending_shards)
+
+    def _shard_view(self, target: str, param: torch.Tensor, shard: int) -> torch.Tensor:
+        if ".qkv_proj." in target:
+            sizes = self.model.layers[0].self_attn.shard_sizes
+        else:
+            sizes = (self.arch.intermediate_size,) * 2
+        offset = sum(sizes[:shard])
+        return param.narrow(0, offset, sizes[shard])
+
+    def _check_complete(self, params: dict[str, nn.Parameter], loaded: set[str],
+                        pending_shards: dict[str, set[int]]) -> None:
+        missing = [n for n in params if n not in loaded
+                   and not (n == "lm_head.weight" and self.arch.tie_word_embeddings)]
+        partial = [n for n, shards in pending_shards.items()
+                   if len(shards) != (3 if ".qkv_proj." in n else 2)]
+        if missing or partial:
+            raise ValueError(f"checkpoint is missing weights: {sorted(missing + partial)[:8]}")
+
+
+def _is_ignored(name: str) -> bool:
+    return "rotary_emb.inv_freq" in name
+
+
+def _map_name(name: str) -> tuple[str, int | None]:
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part in _FUSED_SHARDS:
+            fused, shard = _FUSED_SHARDS[part]
+            return ".".join(parts[:i] + [fused] + parts[i + 1:]), shard
+    return name, None
+
+
+def _copy_checked(dest: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dest.shape != src.shape:
+        raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(src.shape)}, expected {tuple(dest.shape)}")
+    dest.copy_(src)
+
+
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Random weights at the model's real shapes (benchmarks at real sizes
+    without a checkpoint). Drawn on the GPU where there is one. Norms stay 1."""
+    device = next(model.parameters()).device
+    on_device = device.type == "cuda"
+    generator = torch.Generator(device=device if on_device else "cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                continue
+            if on_device:
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.copy_(torch.empty(param.shape).normal_(0.0, 0.02, generator=generator))
