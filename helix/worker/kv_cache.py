@@ -41,5 +41,12 @@ def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dty
 
 def allocate_kv_cache(arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                       device: torch.device, pin_memory: bool = False) -> torch.Tensor:
+    # Left uninitialised: attention reads only slots that write_kv has filled.
     shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
-    return torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin_memory)
+    return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
+
+
+def num_swap_blocks(swap_space_gib: float, num_gpu_blocks: int, block_bytes: int) -> int:
+    """CPU swap blocks: what `swap_space_gib` holds, but never more than the GPU
+    cache itself (swapping out more than it could ever hold buys nothing)."""
+    return min(int(swap_space_gib * _GIB // block_bytes), num_gpu_blocks)

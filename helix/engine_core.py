@@ -1,0 +1,212 @@
+"""EngineCore: load a model, then schedule -> execute -> update, one step at a time.
+
+Synchronous and single-threaded by design. Other threads talk to it only
+through `add_request` and `abort`, which validate immediately and queue the
+change; the queue is drained at the start of the next step, on the step's
+thread, so scheduler state has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import replace
+from typing import Any
+
+from transformers import AutoTokenizer, GenerationConfig
+
+from helix.block_manager.kv_cache_manager import KVCacheManager
+from helix.config import CacheConfig, ModelConfig
+from helix.engine_args import EngineArgs
+from helix.output_processor import OutputProcessor, child_request_id
+from helix.outputs import RequestOutput
+from helix.sampling_params import SamplingParams
+from helix.scheduler.config import SchedulerConfig
+from helix.scheduler.outputs import RequestUpdate, SchedulerOutput
+from helix.scheduler.request import Request
+from helix.scheduler.scheduler import Scheduler
+from helix.worker.device import resolve_device, resolve_dtype
+from helix.worker.kv_cache import bytes_per_block, num_blocks_for_budget, num_swap_blocks
+from helix.worker.model_runner import ModelRunner
+from helix.worker.models import ArchConfig, build_model, model_source
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, args: EngineArgs):
+        self.args = args
+        self.model_config = ModelConfig(model=args.model_or_default, device=args.device, dtype=args.dtype,
+                                        load_format=args.load_format, max_model_len=args.max_model_len,
+                                        seed=args.seed)
+        self.cache_config = CacheConfig(block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
+                                        gpu_memory_utilization=args.gpu_memory_utilization,
+                                        cpu_kv_cache_gib=args.cpu_kv_cache_gib, swap_space=args.swap_space,
+                                        enable_prefix_caching=args.enable_prefix_caching)
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        source = model_source(self.model_config.model, args.load_format)
+        self.arch = ArchConfig.from_hf(source.hf_config)
+        self.tokenizer = AutoTokenizer.from_pretrained(source.directory) if source.directory else None
+        self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
+        self.max_model_len = _max_model_len(args.max_model_len, self.arch)
+        model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
+        num_gpu_blocks = num_blocks_for_budget(self.cache_config, self.arch, self.dtype, self.device)
+        num_cpu_blocks = num_swap_blocks(args.swap_space, num_gpu_blocks,
+                                         bytes_per_block(self.arch, args.block_size, self.dtype))
+        self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
+                                  self.dtype, args.seed)
+        self.scheduler_config = SchedulerConfig(
+            max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
+            check_invariants=args.check_invariants)
+        self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.scheduler_config, self.kv)
+        self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish)
+        self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
+        self._rate_window: list[tuple[float, int, int]] = []
+        logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, %d swap blocks",
+                    self.arch.architecture, self.device, self.dtype, num_gpu_blocks, args.block_size,
+                    num_cpu_blocks)
+
+    # -- requests (any thread) -------------------------------------------------
+    def make_requests(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                      priority: int = 0, cache_salt: str | None = None) -> list[Request]:
+        """Validate one request and expand it into its n child requests."""
+        if not prompt_token_ids:
+            raise ValueError("prompt: must contain at least one token")
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.arch.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token ids {bad[:5]} are outside the vocabulary [0, {self.arch.vocab_size})")
+        params.check_token_ids(self.arch.vocab_size)
+        if params.max_tokens is None:
+            params = replace(params, max_tokens=max(1, self.max_model_len - len(prompt_token_ids)))
+        children = []
+        for index in range(params.n):
+            seed = None if params.seed is None else params.seed + index
+            child_params = replace(params, n=1, seed=seed)
+            child = Request(child_request_id(request_id, index, params.n), list(prompt_token_ids), child_params,
+                            eos_token_ids=self.eos_token_ids, priority=priority, cache_salt=cache_salt)
+            self.scheduler.check_feasible(child)
+            children.append(child)
+        return children
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    prompt: str | None = None, priority: int = 0, cache_salt: str | None = None) -> None:
+        children = self.make_requests(request_id, prompt_token_ids, params, priority, cache_salt)
+        self._pending.put(("add", (request_id, prompt, children)))
+
+    def abort(self, request_id: str) -> None:
+        self._pending.put(("abort", request_id))
+
+    # -- the step (one thread) ---------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        finished_by_abort = self._apply_pending()
+        scheduled = self.scheduler.schedule()
+        model_output = self.runner.execute(scheduled)
+        updates = self.scheduler.update_from_output(scheduled, model_output)
+        outputs = self.outputs.process(updates)
+        self._count(scheduled, updates, outputs)
+        return finished_by_abort + outputs
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or not self._pending.empty()
+
+    def _apply_pending(self) -> list[RequestOutput]:
+        aborted = []
+        while not self._pending.empty():
+            kind, payload = self._pending.get()
+            if kind == "add":
+                request_id, prompt, children = payload
+                self.outputs.add(request_id, prompt, children)
+                for child in children:
+                    self.scheduler.add_request(child)
+            else:
+                for child_id in self.outputs.child_ids(payload):
+                    self.scheduler.abort(child_id)
+                output = self.outputs.abort(payload)
+                if output is not None:
+                    aborted.append(output)
+        return aborted
+
+    # -- stats ---------------------------------------------------------------------
+    def _count(self, scheduled: SchedulerOutput, updates: list[RequestUpdate], outputs: list[RequestOutput]) -> None:
+        generated = sum(len(u.new_token_ids) for u in updates)
+        prompt = sum(max(0, min(s.start + s.num_new_tokens, s.request.num_prompt_tokens) - s.start)
+                     for s in scheduled.scheduled)
+        self._counters["generation_tokens"] += generated
+        self._counters["prompt_tokens"] += prompt
+        self._counters["requests_finished"] += sum(1 for o in outputs if o.finished)
+        now = time.monotonic()
+        self._rate_window.append((now, prompt, generated))
+        while self._rate_window and now - self._rate_window[0][0] > 10.0:
+            self._rate_window.pop(0)
+
+    def stats(self) -> dict[str, float | int]:
+        scheduler, kv = self.scheduler, self.kv
+        prompt_rate, generation_rate = self._rates()
+        return {
+            "running": len(scheduler.running),
+            "waiting": len(scheduler.waiting),
+            "swapped": len(scheduler.swapped),
+            "gpu_blocks_total": kv.num_gpu_blocks,
+            "gpu_blocks_free": kv.num_free_gpu_blocks,
+            "kv_cache_usage": 1.0 - kv.num_free_gpu_blocks / kv.num_gpu_blocks,
+            "cpu_swap_blocks_total": kv.num_cpu_blocks,
+            "cpu_swap_blocks_used": kv.num_used_cpu_blocks,
+            "prefix_cache_hit_rate": kv.prefix_stats.hit_rate,
+            "preemptions": scheduler.counters.preemptions,
+            "swapped_out": scheduler.counters.swapped_out,
+            "swapped_in": scheduler.counters.swapped_in,
+            "recomputed": scheduler.counters.recomputed,
+            "prompt_tokens": self._counters["prompt_tokens"],
+            "generation_tokens": self._counters["generation_tokens"],
+            "requests_finished": self._counters["requests_finished"],
+            "prompt_tokens_per_s": prompt_rate,
+            "generation_tokens_per_s": generation_rate,
+        }
+
+    def _rates(self) -> tuple[float, float]:
+        if len(self._rate_window) < 2:
+            return 0.0, 0.0
+        elapsed = self._rate_window[-1][0] - self._rate_window[0][0]
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (sum(w[1] for w in self._rate_window[1:]) / elapsed,
+                sum(w[2] for w in self._rate_window[1:]) / elapsed)
+
+
+def _eos_token_ids(source: Any, tokenizer: Any) -> frozenset[int]:
+    """EOS ids from generation_config.json, else the model config, else the tokenizer."""
+    candidates: Any = None
+    if source.directory is not None and (source.directory / "generation_config.json").is_file():
+        candidates = GenerationConfig.from_pretrained(source.directory).eos_token_id
+    if candidates is None:
+        candidates = getattr(source.hf_config, "eos_token_id", None)
+    if candidates is None and tokenizer is not None:
+        candidates = tokenizer.eos_token_id
+    if candidates is None:
+        return frozenset()
+    return frozenset([candidates] if isinstance(candidates, int) else candidates)
+
+
+def _max_model_len(requested: int | None, arch: ArchConfig) -> int:
+    if requested is None:
+        return arch.max_position_embeddings
+    if requested > arch.max_position_embeddings:
+        raise ValueError(f"max_model_len ({requested}) exceeds the model's max_position_embeddings "
+                         f"({arch.max_position_embeddings})")
+    return requested
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("prompt: this model has no tokenizer; pass token ids")
+        return tokenizer.encode(prompt)
+    return list(prompt)
+
+
+__all__ = ["EngineCore", "prompt_token_ids"]

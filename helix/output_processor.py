@@ -1,0 +1,110 @@
+"""Turns per-request token updates into RequestOutputs.
+
+Owns detokenization and stop strings: a stop string found in the text ends
+the request through the scheduler, like a stop token does. A request with
+n > 1 runs as n child requests; their outputs are gathered under the parent id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from helix.detokenizer import IncrementalDetokenizer
+from helix.outputs import CompletionOutput, RequestOutput
+from helix.scheduler.outputs import RequestUpdate
+from helix.scheduler.request import FinishReason, Request
+
+
+def child_request_id(parent_id: str, index: int, n: int) -> str:
+    return parent_id if n == 1 else f"{parent_id}#{index}"
+
+
+@dataclass
+class _ParentState:
+    output: RequestOutput
+    detokenizers: dict[str, IncrementalDetokenizer]
+    child_index: dict[str, int]
+    children: list[Request] = field(default_factory=list)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any, finish: Callable[[str, FinishReason], None]):
+        self.tokenizer = tokenizer
+        self._finish = finish
+        self._parents: dict[str, _ParentState] = {}
+        self._parent_of: dict[str, str] = {}
+
+    def add(self, parent_id: str, prompt: str | None, children: list[Request]) -> None:
+        first = children[0]
+        state = _ParentState(
+            output=RequestOutput(parent_id, prompt, first.prompt_token_ids,
+                                 [CompletionOutput(i) for i in range(len(children))]),
+            detokenizers={c.request_id: IncrementalDetokenizer(self.tokenizer, c.prompt_token_ids, c.params)
+                          for c in children},
+            child_index={c.request_id: i for i, c in enumerate(children)},
+            children=children,
+        )
+        self._parents[parent_id] = state
+        for child in children:
+            self._parent_of[child.request_id] = parent_id
+
+    def child_ids(self, parent_id: str) -> list[str]:
+        state = self._parents.get(parent_id)
+        return [c.request_id for c in state.children] if state else []
+
+    def process(self, updates: list[RequestUpdate]) -> list[RequestOutput]:
+        touched: dict[str, RequestOutput] = {}
+        for state in self._parents.values():
+            for completion in state.output.outputs:
+                completion.delta_text, completion.delta_token_ids = "", []
+        for update in updates:
+            parent_id = self._parent_of.get(update.request.request_id)
+            if parent_id is not None:
+                touched[parent_id] = self._apply(self._parents[parent_id], update)
+        for parent_id, output in touched.items():
+            if output.finished:
+                self._forget(parent_id)
+        return list(touched.values())
+
+    def abort(self, parent_id: str) -> RequestOutput | None:
+        """Mark every unfinished completion aborted and forget the request."""
+        state = self._parents.get(parent_id)
+        if state is None:
+            return None
+        for completion in state.output.outputs:
+            completion.delta_text, completion.delta_token_ids = "", []
+            if completion.finish_reason is None:
+                completion.finish_reason = FinishReason.ABORT.value
+        self._forget(parent_id)
+        return state.output
+
+    def _apply(self, state: _ParentState, update: RequestUpdate) -> RequestOutput:
+        request = update.request
+        completion = state.output.outputs[state.child_index[request.request_id]]
+        visible = update.new_token_ids
+        if update.finish_reason is FinishReason.STOP and not request.params.include_stop_str_in_output:
+            visible = visible[:-1]  # the stop token (EOS or stop_token_ids) is not part of the text
+        delta, stopped = state.detokenizers[request.request_id].update(
+            visible, finished=update.finish_reason is not None)
+        finish_reason = update.finish_reason
+        if stopped and finish_reason is None:
+            self._finish(request.request_id, FinishReason.STOP)
+            finish_reason = FinishReason.STOP
+        completion.text = state.detokenizers[request.request_id].text
+        completion.delta_text += delta
+        completion.token_ids.extend(update.new_token_ids)
+        completion.delta_token_ids.extend(update.new_token_ids)
+        if request.params.logprobs is not None:
+            completion.logprobs = list(request.logprobs)
+        if finish_reason is not None:
+            completion.finish_reason = finish_reason.value
+        if request.params.prompt_logprobs is not None:
+            state.output.prompt_logprobs = list(request.prompt_logprobs)
+        state.output.num_cached_tokens = state.children[0].num_cached_tokens
+        return state.output
+
+    def _forget(self, parent_id: str) -> None:
+        state = self._parents.pop(parent_id)
+        for child_id in state.child_index:
+            self._parent_of.pop(child_id, None)

@@ -1,0 +1,39 @@
+"""What callers of LLM.generate and AsyncEngine.generate receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from helix.scheduler.request import TokenLogprobs
+
+
+@dataclass
+class CompletionOutput:
+    """One of the request's `n` completions. `text` and `token_ids` are
+    cumulative; `delta_text` and `delta_token_ids` hold what the latest step added."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprobs] | None = None
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(o.finished for o in self.outputs)

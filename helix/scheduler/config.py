@@ -1,0 +1,27 @@
+"""Scheduler limits and policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("fcfs", "priority")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    policy: str = "fcfs"
+    watermark: float = 0.01  # fraction of GPU blocks admission leaves free for running requests
+    check_invariants: bool = False  # verify block accounting after every step (debug)
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs: must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens: must be >= 1, got {self.max_num_batched_tokens}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: must be one of {POLICIES}, got {self.policy!r}")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark: must be in [0, 1), got {self.watermark}")

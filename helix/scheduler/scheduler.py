@@ -1,0 +1,241 @@
+"""Iteration-level scheduling over the paged KV cache.
+
+Each step: running requests first (best priority first), preempting the worst
+running request when blocks run out; then swapped requests come back; then
+waiting requests are admitted while free blocks (above a watermark), the token
+budget and the sequence limit allow. Long prompts are chunked by the budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from helix.block_manager.block_table import blocks_for_tokens
+from helix.block_manager.kv_cache_manager import KVCacheManager
+from helix.scheduler.config import SchedulerConfig
+from helix.scheduler.outputs import ModelOutput, RequestUpdate, ScheduledRequest, SchedulerOutput
+from helix.scheduler.request import FinishReason, Request, RequestStatus
+
+
+class InfeasibleRequestError(ValueError):
+    pass
+
+
+@dataclass
+class SchedulerCounters:
+    preemptions: int = 0
+    swapped_out: int = 0
+    swapped_in: int = 0
+    recomputed: int = 0
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
+        self.config = config
+        self.kv = kv
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.swapped: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.counters = SchedulerCounters()
+        self._arrivals = itertools.count()
+        self._finished_since_last_step: list[str] = []
+
+    # -- requests in and out -----------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.check_feasible(request)
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        request.arrival_index = next(self._arrivals)
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def check_feasible(self, request: Request) -> None:
+        """Refuse requests that could never finish, instead of letting them wait forever."""
+        total = request.num_prompt_tokens + request.max_tokens
+        if total > self.config.max_model_len:
+            raise InfeasibleRequestError(
+                f"prompt ({request.num_prompt_tokens} tokens) + max_tokens ({request.max_tokens}) = {total} "
+                f"exceeds max_model_len ({self.config.max_model_len})")
+        needed = blocks_for_tokens(total, self.kv.block_size)
+        if needed > self.kv.num_gpu_blocks - self.kv.watermark_blocks:
+            raise InfeasibleRequestError(
+                f"request needs {needed} KV blocks for {total} tokens but the cache has "
+                f"{self.kv.num_gpu_blocks - self.kv.watermark_blocks} usable blocks")
+
+    def abort(self, request_id: str) -> Request | None:
+        request = self.requests.get(request_id)
+        if request is not None:
+            self._finish(request, FinishReason.ABORT)
+        return request
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- scheduling ----------------------------------------------------------
+    def _order(self, request: Request) -> tuple[int, int]:
+        priority = request.priority if self.config.policy == "priority" else 0
+        return priority, request.arrival_index
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        swap_out: list[tuple[int, int]] = []
+        swap_in: list[tuple[int, int]] = []
+        preempted = self._schedule_running(scheduled, swap_out, budget)
+        budget -= sum(s.num_new_tokens for s in scheduled)
+        if not preempted:
+            budget = self._schedule_swapped(scheduled, swap_in, budget)
+            if not self.swapped:
+                self._schedule_waiting(scheduled, budget)
+        finished, self._finished_since_last_step = self._finished_since_last_step, []
+        return SchedulerOutput(scheduled, swap_out, swap_in, finished)
+
+    def _schedule_running(self, scheduled: list[ScheduledRequest], swap_out: list[tuple[int, int]],
+                          budget: int) -> bool:
+        """Grow every running request by its next chunk; preempt when blocks run out."""
+        queue = sorted(self.running, key=self._order)
+        preempted = False
+        position = 0
+        while position < len(queue) and budget > 0:
+            request = queue[position]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if self.kv.grow(request, request.num_computed_tokens + num_new):
+                scheduled.append(self._scheduled(request, num_new))
+                budget -= num_new
+                position += 1
+                continue
+            victim = queue.pop()  # the worst priority, then the latest arrival
+            self._preempt(victim, swap_out)
+            preempted = True
+        return preempted
+
+    def _schedule_swapped(self, scheduled: list[ScheduledRequest], swap_in: list[tuple[int, int]],
+                          budget: int) -> int:
+        for request in sorted(self.swapped, key=self._order):
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs or not self.kv.can_swap_in(request):
+                break
+            swap_in.extend(self.kv.swap_in(request))
+            self.swapped.remove(request)
+            self._run(request)
+            self.counters.swapped_in += 1
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if self.kv.grow(request, request.num_computed_tokens + num_new):
+                scheduled.append(self._scheduled(request, num_new))
+                budget -= num_new
+        return budget
+
+    def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> None:
+        self.waiting.sort(key=self._order)
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            cached_blocks = self.kv.cached_prefix(request)
+            num_cached = len(cached_blocks) * self.kv.block_size
+            num_new = min(request.num_tokens - num_cached, budget)
+            if not self.kv.admit(request, cached_blocks, num_new):
+                break  # first come, first served: nobody overtakes the head of the queue
+            self.waiting.pop(0)
+            request.num_computed_tokens = num_cached
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = num_cached
+            self._run(request)
+            scheduled.append(self._scheduled(request, num_new))
+            budget -= num_new
+
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        return ScheduledRequest(request, request.num_computed_tokens, num_new,
+                                tuple(self.kv.block_table(request.request_id)))
+
+    def _run(self, request: Request) -> None:
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _preempt(self, request: Request, swap_out: list[tuple[int, int]]) -> None:
+        """Swap the request's KV to CPU, or drop it to be recomputed when swap space is full."""
+        self.running.remove(request)
+        request.num_preemptions += 1
+        self.counters.preemptions += 1
+        if self.kv.can_swap_out(request):
+            swap_out.extend(self.kv.swap_out(request))
+            request.status = RequestStatus.SWAPPED
+            self.swapped.append(request)
+            self.counters.swapped_out += 1
+        else:
+            self.kv.free(request)
+            request.num_computed_tokens = 0
+            request.status = RequestStatus.WAITING
+            self.waiting.append(request)
+            self.counters.recomputed += 1
+
+    # -- results ---------------------------------------------------------------
+    def update_from_output(self, output: SchedulerOutput, model_output: ModelOutput) -> list[RequestUpdate]:
+        updates = []
+        for item in output.scheduled:
+            request = item.request
+            if request.is_finished:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += item.num_new_tokens
+            self.kv.commit_computed_blocks(request)
+            request.prompt_logprobs.extend(model_output.prompt_logprobs.get(request.request_id, []))
+            new_tokens = self._append_tokens(request, model_output.sampled.get(request.request_id, []))
+            request.logprobs.extend(model_output.logprobs.get(request.request_id, [])[:len(new_tokens)])
+            if new_tokens:
+                updates.append(RequestUpdate(request, new_tokens, request.finish_reason))
+        if self.config.check_invariants:
+            self.check_invariants()
+        return updates
+
+    def _append_tokens(self, request: Request, token_ids: list[int]) -> list[int]:
+        """Append tokens until a stop condition; tokens past the stop are dropped."""
+        appended = []
+        for token_id in token_ids:
+            request.output_token_ids.append(token_id)
+            appended.append(token_id)
+            reason = self._stop_reason(request, token_id)
+            if reason is not None:
+                self._finish(request, reason)
+                break
+        return appended
+
+    def _stop_reason(self, request: Request, token_id: int) -> FinishReason | None:
+        num_output = len(request.output_token_ids)
+        params = request.params
+        if num_output >= params.min_tokens:
+            if token_id in params.stop_token_ids:
+                return FinishReason.STOP
+            if not params.ignore_eos and token_id in request.eos_token_ids:
+                return FinishReason.STOP
+        if num_output >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def finish(self, request_id: str, reason: FinishReason) -> None:
+        """End a request from outside (a stop string matched in its text)."""
+        request = self.requests.get(request_id)
+        if request is not None:
+            self._finish(request, reason)
+
+    def _finish(self, request: Request, reason: FinishReason) -> None:
+        if request.is_finished:
+            return
+        for queue in (self.waiting, self.running, self.swapped):
+            if request in queue:
+                queue.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        del self.requests[request.request_id]
+        self._finished_since_last_step.append(request.request_id)
+
+    # -- accounting ------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """Every held block belongs to a live request; nothing is lost or double-held."""
+        self.kv.check_invariants()
+        held = sum(len(self.kv.block_table(r)) for r in self.requests)
+        if held < self.kv.num_gpu_blocks - self.kv.num_free_gpu_blocks:
+            raise AssertionError("GPU blocks are held by no live request (leak)")
+        if not self.requests and self.kv.num_free_gpu_blocks != self.kv.num_gpu_blocks:
+            raise AssertionError("no requests, yet GPU blocks are held")
+        if not self.swapped and self.kv.num_used_cpu_blocks:
+            raise AssertionError("no swapped requests, yet CPU swap blocks are held")

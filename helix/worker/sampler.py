@@ -1,0 +1,132 @@
+"""Turn logits into tokens: the request's transforms, then greedy or sampled.
+
+`transform_logits` is the single definition of a request's distribution
+(penalties, logit_bias, min_tokens, temperature, top-k, top-p, min-p); the
+speculative rejection sampler applies the same function to draft and target
+logits so both sides of the acceptance test see the same transforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from helix.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    """What the sampler needs to know about one row of logits."""
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    stop_ids_before_min: frozenset[int]  # EOS + stop_token_ids, masked until min_tokens is reached
+    generator: torch.Generator | None  # per-request for seeded requests, else shared
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    token_id: int
+    logprob: float | None
+    top_logprobs: dict[int, float] | None
+
+
+def transform_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """[n, vocab] fp32 logits -> logits of each request's sampling distribution.
+
+    Greedy rows get penalties, bias and min_tokens only (no temperature or
+    filters), so their argmax is the greedy token.
+    """
+    logits = logits.clone()
+    for i, row in enumerate(rows):
+        _apply_penalties(logits[i], row)
+        _apply_bias_and_min_tokens(logits[i], row)
+    temperatures = torch.tensor([r.params.temperature if not r.params.greedy else 1.0 for r in rows],
+                                device=logits.device, dtype=logits.dtype)
+    logits.div_(temperatures.unsqueeze(1))
+    return _apply_filters(logits, rows)
+
+
+def _apply_penalties(row_logits: torch.Tensor, row: SamplingRow) -> None:
+    params = row.params
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.prompt_token_ids) | set(row.output_token_ids)),
+                            dtype=torch.long, device=row_logits.device)
+        values = row_logits[seen]
+        row_logits[seen] = torch.where(values > 0, values / params.repetition_penalty,
+                                       values * params.repetition_penalty)
+    if (params.presence_penalty or params.frequency_penalty) and row.output_token_ids:
+        ids, counts = torch.tensor(list(row.output_token_ids), device=row_logits.device).unique(return_counts=True)
+        row_logits[ids] -= params.frequency_penalty * counts.to(row_logits.dtype) + params.presence_penalty
+
+
+def _apply_bias_and_min_tokens(row_logits: torch.Tensor, row: SamplingRow) -> None:
+    for token_id, bias in row.params.logit_bias.items():
+        row_logits[token_id] += bias
+    if len(row.output_token_ids) < row.params.min_tokens and row.stop_ids_before_min:
+        row_logits[list(row.stop_ids_before_min)] = float("-inf")
+
+
+def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    top_k = [r.params.top_k for r in rows]
+    top_p = [r.params.top_p for r in rows]
+    min_p = [r.params.min_p for r in rows]
+    sampled = [not r.params.greedy for r in rows]
+    if not any(s and (k > 0 or p < 1.0 or m > 0.0) for s, k, p, m in zip(sampled, top_k, top_p, min_p)):
+        return logits
+    vocab = logits.shape[1]
+    device = logits.device
+    k = torch.tensor([kk if (s and kk > 0) else vocab for s, kk in zip(sampled, top_k)], device=device)
+    p = torch.tensor([pp if s else 1.0 for s, pp in zip(sampled, top_p)], device=device, dtype=logits.dtype)
+    m = torch.tensor([mm if s else 0.0 for s, mm in zip(sampled, min_p)], device=device, dtype=logits.dtype)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=device).unsqueeze(0)
+    drop = ranks >= k.clamp(max=vocab).unsqueeze(1)  # top-k
+    sorted_probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    drop |= mass_before >= p.unsqueeze(1)  # top-p: keep the smallest prefix reaching p
+    drop |= sorted_probs < m.unsqueeze(1) * sorted_probs[:, :1]  # min-p, relative to the top token
+    drop[:, 0] = False  # the most likely token always survives
+    return logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+
+
+def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
+    """Pick one token per row. logits: [n, vocab] raw fp32 model logits."""
+    transformed = transform_logits(logits, rows)
+    probs = transformed.softmax(dim=-1)
+    token_ids = []
+    for i, row in enumerate(rows):
+        if row.params.greedy:
+            token_ids.append(int(transformed[i].argmax()))
+        else:
+            token_ids.append(_sample_row(probs[i], row.generator))
+    return _with_logprobs(logits, rows, token_ids)
+
+
+def _sample_row(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    # Exponential race: argmax(p / E) with E ~ Exp(1) picks index i with probability p_i.
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())
+
+
+def _with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: list[int]) -> list[SampledToken]:
+    if all(r.params.logprobs is None for r in rows):
+        return [SampledToken(t, None, None) for t in token_ids]
+    logprobs = logits.log_softmax(dim=-1)
+    results = []
+    for i, (row, token_id) in enumerate(zip(rows, token_ids)):
+        if row.params.logprobs is None:
+            results.append(SampledToken(token_id, None, None))
+            continue
+        results.append(SampledToken(token_id, float(logprobs[i, token_id]), top_logprobs(logprobs[i], row.params.logprobs)))
+    return results
+
+
+def top_logprobs(row_logprobs: torch.Tensor, count: int) -> dict[int, float]:
+    if count == 0:
+        return {}
+    values, ids = row_logprobs.topk(count)
+    return {int(t): float(v) for t, v in zip(ids.tolist(), values.tolist())}
