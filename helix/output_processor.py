@@ -65,7 +65,7 @@ class OutputProcessor:
         for parent_id, output in touched.items():
             if output.finished:
                 self._forget(parent_id)
-        return list(touched.values())
+        return [output.snapshot() for output in touched.values()]
 
     def abort(self, parent_id: str) -> RequestOutput | None:
         """Mark every unfinished completion aborted and forget the request."""
@@ -77,7 +77,7 @@ class OutputProcessor:
             if completion.finish_reason is None:
                 completion.finish_reason = FinishReason.ABORT.value
         self._forget(parent_id)
-        return state.output
+        return state.output.snapshot()
 
     def _apply(self, state: _ParentState, update: RequestUpdate) -> RequestOutput:
         request = update.request

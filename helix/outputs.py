@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from helix.scheduler.request import TokenLogprobs
 
@@ -24,6 +24,10 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def snapshot(self) -> "CompletionOutput":
+        return replace(self, token_ids=list(self.token_ids), delta_token_ids=list(self.delta_token_ids),
+                       logprobs=None if self.logprobs is None else list(self.logprobs))
+
 
 @dataclass
 class RequestOutput:
@@ -37,3 +41,8 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return all(o.finished for o in self.outputs)
+
+    def snapshot(self) -> "RequestOutput":
+        """A copy that later steps will not change (outputs are built up in place)."""
+        return replace(self, outputs=[o.snapshot() for o in self.outputs],
+                       prompt_logprobs=None if self.prompt_logprobs is None else list(self.prompt_logprobs))
