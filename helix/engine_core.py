@@ -88,7 +88,8 @@ class EngineCore:
             seed = None if params.seed is None else params.seed + index
             child_params = replace(params, n=1, seed=seed)
             child = Request(child_request_id(request_id, index, params.n), list(prompt_token_ids), child_params,
-                            eos_token_ids=self.eos_token_ids, priority=priority, cache_salt=cache_salt)
+                            eos_token_ids=self.eos_token_ids, priority=priority, cache_salt=cache_salt,
+                            prefix_leader=children[0] if children else None)
             self.scheduler.check_feasible(child)
             children.append(child)
         return children

@@ -45,6 +45,7 @@ class Request:
     cache_salt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     arrival_index: int = 0  # tie-break: order of arrival at the scheduler
+    prefix_leader: Request | None = None  # for n > 1: the sibling whose prompt blocks this one shares
 
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0

@@ -128,8 +128,12 @@ class Scheduler:
 
     def _schedule_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> None:
         self.waiting.sort(key=self._order)
+        deferred: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if self._leader_still_prefilling(request):
+                deferred.append(self.waiting.pop(0))
+                continue
             cached_blocks = self.kv.cached_prefix(request)
             num_cached = len(cached_blocks) * self.kv.block_size
             num_new = min(request.num_tokens - num_cached, budget)
@@ -142,6 +146,14 @@ class Scheduler:
             self._run(request)
             scheduled.append(self._scheduled(request, num_new))
             budget -= num_new
+        self.waiting[:0] = deferred
+
+    def _leader_still_prefilling(self, request: Request) -> bool:
+        """Siblings of an n > 1 request wait for the first one's prompt, then share
+        its blocks through the prefix cache instead of computing the prompt again."""
+        leader = request.prefix_leader
+        return (self.kv.enable_prefix_caching and leader is not None and not leader.is_finished
+                and leader.num_computed_tokens < leader.num_prompt_tokens)
 
     def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
         return ScheduledRequest(request, request.num_computed_tokens, num_new,

@@ -56,7 +56,10 @@ def test_prefix_cache_hits_give_the_same_tokens(tiny_model_dirs: dict[str, Path]
 
 def test_n_completions_share_the_prompt_and_differ(llm: LLM) -> None:
     params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=5, ignore_eos=True)
+    computed_before = llm.stats()["prompt_tokens"]
     output = llm.generate([list(range(1, 40))], params, use_tqdm=False)[0]
+    # The prompt's 9 full blocks (36 tokens) are computed once, then shared by the siblings.
+    assert llm.stats()["prompt_tokens"] - computed_before == 39 + 2 * (39 - 36)
     assert [c.index for c in output.outputs] == [0, 1, 2]
     assert all(len(c.token_ids) == 12 for c in output.outputs)
     assert len({tuple(c.token_ids) for c in output.outputs}) > 1
