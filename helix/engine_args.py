@@ -15,14 +15,19 @@ def _option(default: Any, help_text: str) -> Any:
     return field(default=default, metadata={"help": help_text})
 
 
-def default_model_path() -> str:
-    """The embedded helix-tiny target shipped inside the package."""
-    return str(resources.files("helix") / "assets" / "helix-tiny" / "target")
+def embedded_model_path(role: str) -> str:
+    """The embedded helix-tiny "target" or "draft" shipped inside the package."""
+    return str(resources.files("helix") / "assets" / "helix-tiny" / role)
 
 
 @dataclass(frozen=True)
 class EngineArgs:
     model: str | None = _option(None, "Hugging Face directory or cached hub id; None serves the embedded helix-tiny model.")
+    draft_model: str | None = _option(None, "Draft model for speculative decoding (same vocabulary as the model).")
+    num_speculative_tokens: int = _option(4, "Most draft tokens verified per step (K).")
+    speculative_method: str | None = _option(None, "draft | ngram (prompt lookup, no draft model); default: draft when a draft model is given.")
+    speculation_mode: str = _option("adaptive", "adaptive (K per step from acceptance and load) | fixed (always K).")
+    speculation_token_budget: int | None = _option(None, "Verify tokens per step past which drafts are dropped; default: 256 on CUDA, 64 elsewhere.")
     device: str = _option("auto", "auto | cuda | cpu | directml.")
     dtype: str = _option("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU, fp16 on DirectML).")
     load_format: str = _option("auto", "auto (safetensors) | dummy (random weights at the model's shape).")
@@ -48,5 +53,18 @@ class EngineArgs:
         return cls(**kwargs)
 
     @property
-    def model_or_default(self) -> str:
-        return self.model or default_model_path()
+    def target_path(self) -> str:
+        return self.model or embedded_model_path("target")
+
+    @property
+    def draft_path(self) -> str | None:
+        """The draft model; with no model given, the embedded pair speculates."""
+        if self.draft_model is not None or self.model is not None:
+            return self.draft_model
+        return embedded_model_path("draft") if self.speculative_method in (None, "draft") else None
+
+    @property
+    def method(self) -> str | None:
+        if self.speculative_method is not None:
+            return self.speculative_method
+        return "draft" if self.draft_path is not None else None

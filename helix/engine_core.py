@@ -26,10 +26,14 @@ from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import RequestUpdate, SchedulerOutput
 from helix.scheduler.request import Request
 from helix.scheduler.scheduler import Scheduler
+from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
 from helix.worker.device import resolve_device, resolve_dtype
 from helix.worker.kv_cache import bytes_per_block, num_blocks_for_budget, num_swap_blocks
 from helix.worker.model_runner import ModelRunner
-from helix.worker.models import ArchConfig, build_model, model_source
+from helix.worker.models import ArchConfig, LlamaForCausalLM, build_model, model_source
+from helix.worker.spec_decode.compat import check_draft_compatible
+from helix.worker.spec_decode.draft_proposer import DraftModelProposer
+from helix.worker.spec_decode.ngram_proposer import NgramProposer
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ logger = logging.getLogger(__name__)
 class EngineCore:
     def __init__(self, args: EngineArgs):
         self.args = args
-        self.model_config = ModelConfig(model=args.model_or_default, device=args.device, dtype=args.dtype,
+        self.model_config = ModelConfig(model=args.target_path, device=args.device, dtype=args.dtype,
                                         load_format=args.load_format, max_model_len=args.max_model_len,
                                         seed=args.seed)
         self.cache_config = CacheConfig(block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
@@ -52,24 +56,56 @@ class EngineCore:
         self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
         self.max_model_len = _max_model_len(args.max_model_len, self.arch)
         model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
-        num_gpu_blocks = num_blocks_for_budget(self.cache_config, self.arch, self.dtype, self.device)
-        num_cpu_blocks = num_swap_blocks(args.swap_space, num_gpu_blocks,
-                                         bytes_per_block(self.arch, args.block_size, self.dtype))
+        draft = self._load_draft()
+        self.speculation = SpeculationConfig(
+            method=args.method, num_speculative_tokens=args.num_speculative_tokens, mode=args.speculation_mode,
+            token_budget=args.speculation_token_budget or (256 if self.device.type == "cuda" else 64))
+        num_gpu_blocks, num_cpu_blocks = self._cache_sizes(draft)
+        proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
-                                  self.dtype, args.seed)
+                                  self.dtype, args.seed, proposer)
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
             check_invariants=args.check_invariants)
         self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching)
-        self.scheduler = Scheduler(self.scheduler_config, self.kv)
+        self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),
+                                   has_draft_cache=draft is not None)
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish)
         self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
         self._rate_window: list[tuple[float, int, int]] = []
-        logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, %d swap blocks",
+        logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, %d swap blocks, speculation: %s",
                     self.arch.architecture, self.device, self.dtype, num_gpu_blocks, args.block_size,
-                    num_cpu_blocks)
+                    num_cpu_blocks, self.speculation.method or "off")
+
+    def _load_draft(self) -> LlamaForCausalLM | None:
+        args = self.args
+        if args.method == "draft" and args.draft_path is None:
+            raise ValueError("speculative_method: 'draft' needs a draft_model")
+        if args.method != "draft":
+            if args.draft_model is not None:
+                raise ValueError(f"draft_model: not used by speculative_method={args.method!r}")
+            return None
+        source = model_source(args.draft_path, args.load_format)
+        draft_arch = ArchConfig.from_hf(source.hf_config)
+        check_draft_compatible(self.arch, draft_arch, self.tokenizer, source.directory)
+        return build_model(source, args.load_format, self.device, self.dtype, args.seed + 1)
+
+    def _cache_sizes(self, draft: LlamaForCausalLM | None) -> tuple[int, int]:
+        """GPU and CPU-swap block counts; a block holds both models' K/V for its tokens."""
+        block_bytes = bytes_per_block(self.arch, self.args.block_size, self.dtype)
+        if draft is not None:
+            block_bytes += bytes_per_block(draft.arch, self.args.block_size, self.dtype)
+        num_gpu_blocks = num_blocks_for_budget(self.cache_config, block_bytes, self.device)
+        return num_gpu_blocks, num_swap_blocks(self.args.swap_space, num_gpu_blocks, block_bytes)
+
+    def _proposer(self, draft: LlamaForCausalLM | None, num_gpu_blocks: int,
+                  num_cpu_blocks: int) -> DraftModelProposer | NgramProposer | None:
+        if draft is not None:
+            return DraftModelProposer(draft, num_gpu_blocks, num_cpu_blocks, self.args.block_size, self.device,
+                                      self.dtype)
+        return NgramProposer() if self.speculation.method == "ngram" else None
 
     # -- requests (any thread) -------------------------------------------------
     def make_requests(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -167,6 +203,22 @@ class EngineCore:
             "requests_finished": self._counters["requests_finished"],
             "prompt_tokens_per_s": prompt_rate,
             "generation_tokens_per_s": generation_rate,
+            **self._spec_stats(),
+        }
+
+    def _spec_stats(self) -> dict[str, float | int]:
+        counters = self.scheduler.spec_counters
+        per_position = {f"acceptance_rate_position_{i}": accepted / proposed
+                        for i, (accepted, proposed) in enumerate(zip(counters.accepted_per_position,
+                                                                      counters.proposed_per_position))}
+        return {
+            "spec_drafts": counters.num_drafts,
+            "spec_draft_tokens": counters.num_draft_tokens,
+            "spec_accepted_tokens": counters.num_accepted_tokens,
+            "acceptance_rate": counters.acceptance_rate,
+            "mean_accepted_length": counters.mean_accepted_length,
+            "draft_cost_ratio": self.scheduler.speculation.cost_ratio if self.scheduler.speculation else 0.0,
+            **per_position,
         }
 
     def _rates(self) -> tuple[float, float]:

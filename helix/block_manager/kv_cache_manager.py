@@ -110,15 +110,15 @@ class KVCacheManager:
         committed = self._num_committed_blocks.get(request.request_id, 0)
         self._num_committed_blocks[request.request_id] = min(committed, num_tokens // self.block_size)
 
-    def commit_computed_blocks(self, request: Request) -> None:
-        """Publish newly completed full blocks to the prefix cache."""
+    def commit_computed_blocks(self, request: Request, num_tokens: int) -> None:
+        """Publish full blocks within the first `num_tokens` (computed) tokens to the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        num_full = request.num_computed_tokens // self.block_size
+        num_full = num_tokens // self.block_size
         committed = self._num_committed_blocks.get(request.request_id, 0)
         if num_full <= committed:
             return
-        self._update_hashes(request, request.num_computed_tokens)
+        self._update_hashes(request, num_tokens)
         table = self.gpu_tables.get(request.request_id)
         for index in range(committed, num_full):
             self.gpu_pool.cache_block(table[index], request.block_hashes[index])
@@ -148,13 +148,15 @@ class KVCacheManager:
         cpu_blocks = self.cpu_tables.grow(request.request_id, len(gpu_blocks) * self.block_size)
         mapping = list(zip(gpu_blocks, cpu_blocks))
         self.gpu_tables.free(request.request_id)
-        self._num_committed_blocks[request.request_id] = blocks_for_tokens(
-            request.num_computed_tokens, self.block_size)  # already published; do not re-publish
+        # The blocks come back as new GPU blocks while the freed ones may be evicted meanwhile:
+        # publish every full block again after the swap-in (hashes still cached are skipped).
+        self._num_committed_blocks[request.request_id] = 0
         return mapping
 
-    def can_swap_in(self, request: Request) -> bool:
+    def can_swap_in(self, request: Request, num_tokens: int = 0) -> bool:
+        """Whether the request's blocks fit back on the GPU, grown to cover `num_tokens` slots."""
         assert self.cpu_tables is not None
-        needed = len(self.cpu_tables.get(request.request_id))
+        needed = max(len(self.cpu_tables.get(request.request_id)), blocks_for_tokens(num_tokens, self.block_size))
         return needed + self.watermark_blocks <= self.num_free_gpu_blocks
 
     def swap_in(self, request: Request) -> list[tuple[int, int]]:

@@ -11,18 +11,21 @@ from helix.scheduler.request import FinishReason, Request, TokenLogprobs
 class ScheduledRequest:
     """Run `num_new_tokens` tokens of `request`, starting at position `start`.
 
-    The worker reads the request (tokens, params) but never changes it.
+    With speculation, `num_new_tokens` = 1 + `num_spec_tokens`: the last known
+    token plus up to that many draft tokens to verify (slots are reserved for
+    all of them). The worker reads the request but never changes it.
     """
 
     request: Request
     start: int
     num_new_tokens: int
     block_table: tuple[int, ...]
+    num_spec_tokens: int = 0
 
     @property
     def samples(self) -> bool:
         """True when this step computes the last known token, so a new one is sampled."""
-        return self.start + self.num_new_tokens == self.request.num_tokens
+        return self.start + self.num_new_tokens - self.num_spec_tokens == self.request.num_tokens
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,28 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True)
+class StepTimings:
+    draft_seconds: float = 0.0
+    draft_passes: int = 0
+    target_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelOutput:
-    """What the worker returns: sampled tokens per request id (requests that sampled)."""
+    """What the worker returns, keyed by request id.
+
+    `sampled` holds the emitted tokens of requests that sampled: one, or with
+    speculation the accepted drafts plus one. `num_proposed`/`num_accepted`
+    count draft tokens; `draft_computed` is the draft cache's new coverage.
+    """
 
     sampled: dict[str, list[int]]
     logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[TokenLogprobs | None]] = field(default_factory=dict)
+    num_proposed: dict[str, int] = field(default_factory=dict)
+    num_accepted: dict[str, int] = field(default_factory=dict)
+    draft_computed: dict[str, int] = field(default_factory=dict)
+    timings: StepTimings = StepTimings()
 
 
 @dataclass(frozen=True)

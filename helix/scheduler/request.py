@@ -49,6 +49,7 @@ class Request:
 
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_draft_computed_tokens: int = 0  # positions with K/V in the draft model's cache (<= the target's)
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
@@ -56,6 +57,10 @@ class Request:
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # of full blocks, chained
     num_preemptions: int = 0
+    spec_accepted_ema: float = 0.0  # decayed counts of accepted drafts / acceptance trials
+    spec_trials_ema: float = 0.0
+    num_draft_tokens: int = 0       # drafts proposed for this request, in total
+    num_accepted_tokens: int = 0    # of which the target accepted
 
     @property
     def num_prompt_tokens(self) -> int:

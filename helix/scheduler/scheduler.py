@@ -4,6 +4,10 @@ Each step: running requests first (best priority first), preempting the worst
 running request when blocks run out; then swapped requests come back; then
 waiting requests are admitted while free blocks (above a watermark), the token
 budget and the sequence limit allow. Long prompts are chunked by the budget.
+
+With speculation, a decoding request's step is its last token plus K draft
+tokens (K from SpeculationPolicy); slots are reserved for all of them and
+rejected positions are given back after the step by moving counters back.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from helix.block_manager.kv_cache_manager import KVCacheManager
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import ModelOutput, RequestUpdate, ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request, RequestStatus
+from helix.scheduler.speculation import SpecCounters, SpeculationPolicy
 
 
 class InfeasibleRequestError(ValueError):
@@ -31,9 +36,15 @@ class SchedulerCounters:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager,
+                 speculation: SpeculationPolicy | None = None, has_draft_cache: bool = False):
         self.config = config
         self.kv = kv
+        self.speculation = speculation
+        self.spec_counters = SpecCounters()
+        # With a draft model, a block is only published to the prefix cache once
+        # both models' K/V in it are computed.
+        self.has_draft_cache = has_draft_cache
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.swapped: list[Request] = []
@@ -96,13 +107,15 @@ class Scheduler:
                           budget: int) -> bool:
         """Grow every running request by its next chunk; preempt when blocks run out."""
         queue = sorted(self.running, key=self._order)
+        spec = self._speculation_choices(queue)
         preempted = False
         position = 0
         while position < len(queue) and budget > 0:
             request = queue[position]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_spec = min(spec.get(request, 0), budget - 1)
+            num_new = min(request.num_tokens - request.num_computed_tokens + num_spec, budget)
             if self.kv.grow(request, request.num_computed_tokens + num_new):
-                scheduled.append(self._scheduled(request, num_new))
+                scheduled.append(self._scheduled(request, num_new, num_spec))
                 budget -= num_new
                 position += 1
                 continue
@@ -111,16 +124,36 @@ class Scheduler:
             preempted = True
         return preempted
 
+    def _speculation_choices(self, queue: list[Request]) -> dict[Request, int]:
+        """K per decoding request (only requests with exactly one token to compute speculate)."""
+        if self.speculation is None or not self.speculation.config.enabled:
+            return {}
+        choices = {}
+        other_tokens = 0
+        for request in queue:
+            gap = request.num_tokens - request.num_computed_tokens
+            if gap != 1:
+                other_tokens += gap
+                continue
+            # Never reserve slots for drafts that max_tokens or max_model_len would cut off.
+            limit = min(request.max_tokens - len(request.output_token_ids) - 1,
+                        self.config.max_model_len - request.num_tokens)
+            choices[request] = self.speculation.best_k(request, limit)
+        return self.speculation.fit_to_budget(choices, other_tokens)
+
     def _schedule_swapped(self, scheduled: list[ScheduledRequest], swap_in: list[tuple[int, int]],
                           budget: int) -> int:
         for request in sorted(self.swapped, key=self._order):
-            if budget <= 0 or len(self.running) >= self.config.max_num_seqs or not self.kv.can_swap_in(request):
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            # Swap in only what also runs now; otherwise it would be swapped straight back out.
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self.kv.can_swap_in(request, request.num_computed_tokens + num_new):
                 break
             swap_in.extend(self.kv.swap_in(request))
             self.swapped.remove(request)
             self._run(request)
             self.counters.swapped_in += 1
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             if self.kv.grow(request, request.num_computed_tokens + num_new):
                 scheduled.append(self._scheduled(request, num_new))
                 budget -= num_new
@@ -141,6 +174,7 @@ class Scheduler:
                 break  # first come, first served: nobody overtakes the head of the queue
             self.waiting.pop(0)
             request.num_computed_tokens = num_cached
+            request.num_draft_computed_tokens = num_cached  # published blocks hold both models' K/V
             if request.num_preemptions == 0:
                 request.num_cached_tokens = num_cached
             self._run(request)
@@ -155,9 +189,9 @@ class Scheduler:
         return (self.kv.enable_prefix_caching and leader is not None and not leader.is_finished
                 and leader.num_computed_tokens < leader.num_prompt_tokens)
 
-    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+    def _scheduled(self, request: Request, num_new: int, num_spec: int = 0) -> ScheduledRequest:
         return ScheduledRequest(request, request.num_computed_tokens, num_new,
-                                tuple(self.kv.block_table(request.request_id)))
+                                tuple(self.kv.block_table(request.request_id)), num_spec)
 
     def _run(self, request: Request) -> None:
         request.status = RequestStatus.RUNNING
@@ -176,6 +210,7 @@ class Scheduler:
         else:
             self.kv.free(request)
             request.num_computed_tokens = 0
+            request.num_draft_computed_tokens = 0
             request.status = RequestStatus.WAITING
             self.waiting.append(request)
             self.counters.recomputed += 1
@@ -187,16 +222,40 @@ class Scheduler:
             request = item.request
             if request.is_finished:
                 continue  # aborted while the step ran
-            request.num_computed_tokens += item.num_new_tokens
-            self.kv.commit_computed_blocks(request)
-            request.prompt_logprobs.extend(model_output.prompt_logprobs.get(request.request_id, []))
-            new_tokens = self._append_tokens(request, model_output.sampled.get(request.request_id, []))
+            request_id = request.request_id
+            accepted = model_output.num_accepted.get(request_id, 0)
+            # Rejected draft positions are dropped by not counting them.
+            request.num_computed_tokens += item.num_new_tokens - item.num_spec_tokens + accepted
+            request.num_draft_computed_tokens = min(
+                model_output.draft_computed.get(request_id, request.num_draft_computed_tokens),
+                request.num_computed_tokens)
+            self._observe_speculation(request, model_output.num_proposed.get(request_id, 0), accepted)
+            self.kv.commit_computed_blocks(request, self._num_cacheable_tokens(request))
+            request.prompt_logprobs.extend(model_output.prompt_logprobs.get(request_id, []))
+            new_tokens = self._append_tokens(request, model_output.sampled.get(request_id, []))
+            if item.num_spec_tokens and not request.is_finished:
+                self.kv.truncate(request, request.num_computed_tokens)  # return blocks of rejected drafts
             request.logprobs.extend(model_output.logprobs.get(request.request_id, [])[:len(new_tokens)])
             if new_tokens:
                 updates.append(RequestUpdate(request, new_tokens, request.finish_reason))
+        if self.speculation is not None:
+            self.speculation.observe_cost(model_output.timings)
         if self.config.check_invariants:
             self.check_invariants()
         return updates
+
+    def _observe_speculation(self, request: Request, proposed: int, accepted: int) -> None:
+        if proposed <= 0 or self.speculation is None:
+            return
+        self.speculation.observe(request, proposed, accepted)
+        request.num_draft_tokens += proposed
+        request.num_accepted_tokens += accepted
+        self.spec_counters.record(proposed, accepted)
+
+    def _num_cacheable_tokens(self, request: Request) -> int:
+        if self.has_draft_cache:
+            return min(request.num_computed_tokens, request.num_draft_computed_tokens)
+        return request.num_computed_tokens
 
     def _append_tokens(self, request: Request, token_ids: list[int]) -> list[int]:
         """Append tokens until a stop condition; tokens past the stop are dropped."""

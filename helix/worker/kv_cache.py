@@ -20,8 +20,7 @@ def bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> in
     return arch.num_layers * 2 * block_size * arch.num_kv_heads * arch.head_dim * element_size
 
 
-def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dtype,
-                          device: torch.device) -> int:
+def num_blocks_for_budget(cache: CacheConfig, block_bytes: int, device: torch.device) -> int:
     """How many blocks fit: `num_kv_blocks` if set, else the memory budget."""
     if cache.num_kv_blocks is not None:
         return cache.num_kv_blocks
@@ -31,7 +30,7 @@ def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dty
         budget = free - (1.0 - cache.gpu_memory_utilization) * total
     else:
         budget = cache.cpu_kv_cache_gib * _GIB
-    num_blocks = int(budget // bytes_per_block(arch, cache.block_size, dtype))
+    num_blocks = int(budget // block_bytes)
     if num_blocks < 1:
         raise RuntimeError(
             f"no memory left for the KV cache (budget {budget / _GIB:.2f} GiB); lower the model size, "

@@ -1,27 +1,40 @@
-"""Turns a SchedulerOutput into tensors, runs the model and samples.
+"""Turns a SchedulerOutput into tensors, runs the model(s) and samples.
 
-The runner owns the KV cache tensors (GPU and CPU swap) and per-request
-sampling state (seeded generators). It reads requests, never writes them.
+The runner owns the KV cache tensors (GPU and CPU swap), the speculative
+proposer and per-request sampling state (seeded generators). It reads
+requests, never writes them.
+
+One step: swap blocks; the proposer drafts tokens for speculating requests;
+one target forward over every span (prompt chunks, decode tokens, and
+last-token-plus-drafts verification spans); then plain sampling for ordinary
+requests and rejection sampling for speculating ones.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Sequence
+
 import torch
 
-from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput
-from helix.scheduler.request import TokenLogprobs
+from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput, StepTimings
+from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.kv_cache import allocate_kv_cache
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.sampler import SamplingRow, sample, top_logprobs
+from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
+from helix.worker.spec_decode.draft_proposer import copy_blocks
+from helix.worker.spec_decode.proposal import Proposals, Proposer
+from helix.worker.spec_decode.rejection_sampler import rejection_sample
 
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, seed: int = 0):
+                 device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None):
         self.model = model
         self.block_size = block_size
         self.device = device
+        self.proposer = proposer
         self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
         self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
                                             pin_memory=device.type == "cuda")
@@ -31,48 +44,85 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> ModelOutput:
         self._drop_finished(step.finished_ids)
-        self._swap(step.swap_out, self.kv_cache, self.swap_cache)
-        self._swap(step.swap_in, self.swap_cache, self.kv_cache)
-        if not step.scheduled:
-            return ModelOutput(sampled={})
-        hidden, meta = self._forward(step.scheduled)
+        self._swap(step.swap_out, to_cpu=True)
+        self._swap(step.swap_in, to_cpu=False)
         output = ModelOutput(sampled={})
-        self._prompt_logprobs(step.scheduled, hidden, meta.query_start_loc_host, output)
-        self._sample(step.scheduled, hidden, meta.query_start_loc_host, output)
-        return output
+        if not step.scheduled:
+            return output
+        started = time.perf_counter()
+        proposals = self.proposer.propose(step.scheduled, self._row_for) if self.proposer else Proposals()
+        drafted = time.perf_counter()
+        drafts = {rid: p.token_ids for rid, p in proposals.by_request.items()}
+        hidden, starts = self._forward(step.scheduled, drafts)
+        self._prompt_logprobs(step.scheduled, hidden, starts, output)
+        self._sample(step.scheduled, hidden, starts, drafts, output)
+        self._verify(step.scheduled, hidden, starts, proposals, output)
+        output.draft_computed.update(proposals.draft_computed)
+        return _with_timings(output, StepTimings(drafted - started, proposals.num_passes,
+                                                 time.perf_counter() - drafted))
 
-    def _forward(self, scheduled: list[ScheduledRequest]):
+    def _forward(self, scheduled: list[ScheduledRequest],
+                 drafts: dict[str, list[int]]) -> tuple[torch.Tensor, tuple[int, ...]]:
         spans, token_ids = [], []
         for item in scheduled:
-            spans.append(SequenceSpan(item.block_table, item.start, item.num_new_tokens))
-            token_ids.extend(item.request.all_token_ids[item.start:item.start + item.num_new_tokens])
+            request = item.request
+            if item.num_spec_tokens:
+                tokens = [request.all_token_ids[item.start]] + drafts.get(request.request_id, [])
+            else:
+                tokens = request.all_token_ids[item.start:item.start + item.num_new_tokens]
+            spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
+            token_ids.extend(tokens)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        return self.model(input_ids, self.kv_cache, meta), meta  # hidden: [num_tokens, hidden]
+        hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
+        return hidden, meta.query_start_loc_host
 
     def _sample(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
-                output: ModelOutput) -> None:
-        sampling = [(i, item) for i, item in enumerate(scheduled) if item.samples]
-        if not sampling:
+                drafts: dict[str, list[int]], output: ModelOutput) -> None:
+        """Ordinary requests: one token from the last position of their span."""
+        chosen = [(i, item) for i, item in enumerate(scheduled)
+                  if item.samples and item.request.request_id not in drafts]
+        if not chosen:
             return
-        rows_index = torch.tensor([starts[i + 1] - 1 for i, _ in sampling], device=self.device)
-        logits = self.model.compute_logits(hidden[rows_index])  # [num_sampling, vocab]
-        rows = [self._sampling_row(item) for _, item in sampling]
-        for (_, item), token in zip(sampling, sample(logits, rows)):
+        rows_index = torch.tensor([starts[i + 1] - 1 for i, _ in chosen], device=self.device)
+        logits = self.model.compute_logits(hidden[rows_index])  # [len(chosen), vocab]
+        rows = [self._row_for(item.request, ()) for _, item in chosen]
+        for (_, item), token in zip(chosen, sample(logits, rows)):
             request_id = item.request.request_id
             output.sampled[request_id] = [token.token_id]
             if token.logprob is not None:
                 output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]
 
-    def _sampling_row(self, item: ScheduledRequest) -> SamplingRow:
-        request = item.request
+    def _verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
+                proposals: Proposals, output: ModelOutput) -> None:
+        """Speculating requests: accept a prefix of the drafts, then one more token."""
+        for i, item in enumerate(scheduled):
+            request = item.request
+            proposal = proposals.by_request.get(request.request_id)
+            if proposal is None:
+                continue
+            drafts = proposal.token_ids
+            logits = self.model.compute_logits(hidden[starts[i]:starts[i + 1]])  # [1 + len(drafts), vocab]
+            rows = [self._row_for(request, drafts[:position]) for position in range(len(drafts) + 1)]
+            emitted = rejection_sample(drafts, proposal.draft_probs, transform_logits(logits, rows),
+                                       request.params.greedy, rows[0].generator)
+            output.sampled[request.request_id] = emitted
+            output.num_proposed[request.request_id] = len(drafts)
+            output.num_accepted[request.request_id] = len(emitted) - 1
+            if request.params.logprobs is not None:
+                output.logprobs[request.request_id] = _emitted_logprobs(logits, emitted, request.params.logprobs)
+
+    def _row_for(self, request: Request, extra_tokens: Sequence[int]) -> SamplingRow:
+        """Sampling settings at the position after the request's tokens plus `extra_tokens`."""
+        params = request.params
         return SamplingRow(
-            params=request.params,
+            params=params,
             prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=request.output_token_ids,
-            stop_ids_before_min=(frozenset(request.params.stop_token_ids)
-                                 | (frozenset() if request.params.ignore_eos else request.eos_token_ids)),
-            generator=self._generator_for(request.request_id, request.params.seed),
+            output_token_ids=request.output_token_ids + list(extra_tokens) if extra_tokens
+            else request.output_token_ids,
+            stop_ids_before_min=(frozenset(params.stop_token_ids)
+                                 | (frozenset() if params.ignore_eos else request.eos_token_ids)),
+            generator=self._generator_for(request.request_id, params.seed),
         )
 
     def _generator_for(self, request_id: str, seed: int | None) -> torch.Generator:
@@ -105,14 +155,26 @@ class ModelRunner:
             already = max(0, len(request.prompt_logprobs) - first_token)
             output.prompt_logprobs[request.request_id] = entries[already:]
 
-    def _swap(self, pairs: list[tuple[int, int]], source: torch.Tensor, destination: torch.Tensor) -> None:
+    def _swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         if not pairs:
             return
-        src = torch.tensor([s for s, _ in pairs], dtype=torch.long, device=source.device)
-        dst = torch.tensor([d for _, d in pairs], dtype=torch.long, device=destination.device)
-        # Dim 2 is the block dimension of [layers, 2, blocks, block_size, kv_heads, head_dim].
-        destination[:, :, dst] = source[:, :, src].to(destination.device)
+        source, destination = (self.kv_cache, self.swap_cache) if to_cpu else (self.swap_cache, self.kv_cache)
+        copy_blocks(pairs, source, destination)
+        if self.proposer is not None:
+            self.proposer.swap(pairs, to_cpu)
 
     def _drop_finished(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._request_generators.pop(request_id, None)
+
+
+def _emitted_logprobs(logits: torch.Tensor, emitted: list[int], count: int) -> list[TokenLogprobs]:
+    """Logprobs of the target's raw distribution at each emitted position."""
+    logprobs = logits[:len(emitted)].log_softmax(dim=-1)
+    return [TokenLogprobs(token, float(logprobs[i, token]), top_logprobs(logprobs[i], count))
+            for i, token in enumerate(emitted)]
+
+
+def _with_timings(output: ModelOutput, timings: StepTimings) -> ModelOutput:
+    return ModelOutput(output.sampled, output.logprobs, output.prompt_logprobs, output.num_proposed,
+                       output.num_accepted, output.draft_computed, timings)

@@ -102,12 +102,13 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledTok
         if row.params.greedy:
             token_ids.append(int(transformed[i].argmax()))
         else:
-            token_ids.append(_sample_row(probs[i], row.generator))
+            token_ids.append(draw(probs[i], row.generator))
     return _with_logprobs(logits, rows, token_ids)
 
 
-def _sample_row(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    # Exponential race: argmax(p / E) with E ~ Exp(1) picks index i with probability p_i.
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index from `probs` [vocab]. Exponential race: argmax(p / E) with
+    E ~ Exp(1) picks index i with probability p_i."""
     noise = torch.empty_like(probs).exponential_(generator=generator)
     return int((probs / noise).argmax())
 

@@ -1,0 +1,115 @@
+"""Draft-model proposer: a small model with its own paged cache, indexed by
+the target's block tables (same slots, one budget).
+
+Pass A runs, in one forward, (a) each speculating request's catch-up span:
+every token from its draft coverage up to and including its last known token,
+whose last logits give the first draft token; and (b) mirrors of this step's
+prompt chunks, so prompts are prefilled in both models in the same step.
+Passes B then extend each speculating request by one draft token at a time,
+K - 1 times, batched over the requests that still need more.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from helix.scheduler.outputs import ScheduledRequest
+from helix.worker.attention import SequenceSpan, build_attention_metadata
+from helix.worker.kv_cache import allocate_kv_cache
+from helix.worker.models import LlamaForCausalLM
+from helix.worker.sampler import SamplingRow, draw, transform_logits
+from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
+
+
+class DraftModelProposer:
+    def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
+        self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
+                                            pin_memory=device.type == "cuda")
+
+    def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
+        source, destination = (self.kv_cache, self.swap_cache) if to_cpu else (self.swap_cache, self.kv_cache)
+        copy_blocks(pairs, source, destination)
+
+    @torch.inference_mode()
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
+        proposals = Proposals()
+        speculating = [item for item in scheduled if item.num_spec_tokens > 0]
+        mirrored = [item for item in scheduled if self._mirrors(item)]
+        if not speculating and not mirrored:
+            return proposals
+        drafts: dict[str, list[int]] = {item.request.request_id: [] for item in speculating}
+        q_rows: dict[str, list[torch.Tensor]] = {item.request.request_id: [] for item in speculating}
+        self._pass_a(speculating, mirrored, row_for, drafts, q_rows, proposals)
+        for depth in range(1, max((i.num_spec_tokens for i in speculating), default=0)):
+            extending = [item for item in speculating if item.num_spec_tokens > depth]
+            self._pass_b(extending, depth, row_for, drafts, q_rows)
+            proposals.num_passes += 1
+        for item in speculating:
+            request_id = item.request.request_id
+            proposals.by_request[request_id] = Proposal(drafts[request_id], torch.stack(q_rows[request_id]))
+            # Drafts 1..K-1 were fed back; the K-th exists only as a token.
+            proposals.draft_computed[request_id] = item.request.num_tokens + item.num_spec_tokens - 1
+        return proposals
+
+    def _mirrors(self, item: ScheduledRequest) -> bool:
+        """A prompt chunk the draft can compute in step with the target."""
+        request = item.request
+        return (item.num_spec_tokens == 0 and request.num_draft_computed_tokens == item.start
+                and item.start < request.num_prompt_tokens)
+
+    def _pass_a(self, speculating: list[ScheduledRequest], mirrored: list[ScheduledRequest], row_for: RowFactory,
+                drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]], proposals: Proposals) -> None:
+        spans, token_ids = [], []
+        for item in speculating:
+            request = item.request
+            start = request.num_draft_computed_tokens
+            spans.append(SequenceSpan(item.block_table, start, request.num_tokens - start))
+            token_ids.extend(request.all_token_ids[start:])
+        for item in mirrored:
+            spans.append(SequenceSpan(item.block_table, item.start, item.num_new_tokens))
+            token_ids.extend(item.request.all_token_ids[item.start:item.start + item.num_new_tokens])
+            proposals.draft_computed[item.request.request_id] = item.start + item.num_new_tokens
+        hidden, last_rows = self._forward(spans, token_ids)
+        proposals.num_passes += 1
+        if speculating:
+            self._sample_next(speculating, hidden[last_rows[:len(speculating)]], row_for, drafts, q_rows)
+
+    def _pass_b(self, extending: list[ScheduledRequest], depth: int, row_for: RowFactory,
+                drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> None:
+        # Feed draft `depth` at its position; its logits propose draft depth + 1.
+        spans = [SequenceSpan(item.block_table, item.request.num_tokens - 1 + depth, 1) for item in extending]
+        token_ids = [drafts[item.request.request_id][-1] for item in extending]
+        hidden, last_rows = self._forward(spans, token_ids)
+        self._sample_next(extending, hidden[last_rows], row_for, drafts, q_rows)
+
+    def _forward(self, spans: list[SequenceSpan], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        meta = build_attention_metadata(spans, self.block_size, self.device)
+        input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        return self.model(input_ids, self.kv_cache, meta), meta.last_token_indices
+
+    def _sample_next(self, items: list[ScheduledRequest], hidden: torch.Tensor, row_for: RowFactory,
+                     drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> None:
+        rows: list[SamplingRow] = [row_for(item.request, drafts[item.request.request_id]) for item in items]
+        transformed = transform_logits(self.model.compute_logits(hidden), rows)  # [len(items), vocab]
+        probs = transformed.softmax(dim=-1)
+        for i, (item, row) in enumerate(zip(items, rows)):
+            request_id = item.request.request_id
+            token = int(transformed[i].argmax()) if row.params.greedy else draw(probs[i], row.generator)
+            drafts[request_id].append(token)
+            q_rows[request_id].append(probs[i])
+
+
+def copy_blocks(pairs: list[tuple[int, int]], source: torch.Tensor, destination: torch.Tensor) -> None:
+    """Copy whole blocks (dim 2 of [layers, 2, blocks, block_size, kv_heads, head_dim])."""
+    if not pairs:
+        return
+    src = torch.tensor([s for s, _ in pairs], dtype=torch.long, device=source.device)
+    dst = torch.tensor([d for _, d in pairs], dtype=torch.long, device=destination.device)
+    destination[:, :, dst] = source[:, :, src].to(destination.device)
