@@ -95,6 +95,8 @@ class OutputProcessor:
         completion.delta_text += delta
         completion.token_ids.extend(update.new_token_ids)
         completion.delta_token_ids.extend(update.new_token_ids)
+        completion.num_draft_tokens = request.num_draft_tokens
+        completion.num_accepted_tokens = request.num_accepted_tokens
         if request.params.logprobs is not None:
             completion.logprobs = list(request.logprobs)
         if finish_reason is not None:

@@ -19,6 +19,12 @@ class CompletionOutput:
     logprobs: list[TokenLogprobs] | None = None
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0     # speculation: drafts proposed for this completion ...
+    num_accepted_tokens: int = 0  # ... and accepted by the target
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else None
 
     @property
     def finished(self) -> bool:
