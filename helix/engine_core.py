@@ -36,6 +36,7 @@ from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.ngram_proposer import NgramProposer
 
 logger = logging.getLogger(__name__)
+_RATE_WINDOW_S = 10.0
 
 
 class EngineCore:
@@ -178,7 +179,7 @@ class EngineCore:
         self._counters["requests_finished"] += sum(1 for o in outputs if o.finished)
         now = time.monotonic()
         self._rate_window.append((now, prompt, generated))
-        while self._rate_window and now - self._rate_window[0][0] > 10.0:
+        while self._rate_window and now - self._rate_window[0][0] > _RATE_WINDOW_S:
             self._rate_window.pop(0)
 
     def stats(self) -> dict[str, float | int]:
@@ -222,13 +223,13 @@ class EngineCore:
         }
 
     def _rates(self) -> tuple[float, float]:
-        if len(self._rate_window) < 2:
+        """Prompt and generation tokens/s over the last 10 s (0 when idle)."""
+        now = time.monotonic()
+        recent = [entry for entry in self._rate_window if now - entry[0] <= _RATE_WINDOW_S]
+        if not recent:
             return 0.0, 0.0
-        elapsed = self._rate_window[-1][0] - self._rate_window[0][0]
-        if elapsed <= 0:
-            return 0.0, 0.0
-        return (sum(w[1] for w in self._rate_window[1:]) / elapsed,
-                sum(w[2] for w in self._rate_window[1:]) / elapsed)
+        elapsed = max(now - recent[0][0], 1e-3)
+        return sum(e[1] for e in recent) / elapsed, sum(e[2] for e in recent) / elapsed
 
 
 def _eos_token_ids(source: Any, tokenizer: Any) -> frozenset[int]:

@@ -1,0 +1,81 @@
+"""Turning chat messages into prompt tokens.
+
+Precedence: a `--chat-template` file, else the tokenizer's own template, else
+DEFAULT_CHAT_TEMPLATE. Templates are Jinja, rendered by transformers'
+sandboxed `apply_chat_template`.
+
+Special tokens: model and file templates write their own (BOS, turn markers),
+so their text is encoded without adding any; the default template is plain
+text, encoded like a /v1/completions prompt (with the tokenizer's usual BOS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from helix.frontend.protocol import ChatMessage
+
+# Role-tagged text ending with an open assistant turn, e.g.
+#   <|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    source: str  # Jinja text
+    add_special_tokens: bool
+
+    @classmethod
+    def resolve(cls, tokenizer: Any, override_file: str | None = None) -> ChatTemplate:
+        """Raises OSError for an unreadable file, ValueError for one that is not valid Jinja."""
+        if override_file is not None:
+            template = cls(Path(override_file).read_text(encoding="utf-8"), add_special_tokens=False)
+        elif own := _tokenizer_template(tokenizer):
+            template = cls(own, add_special_tokens=False)
+        else:
+            template = cls(DEFAULT_CHAT_TEMPLATE, add_special_tokens=True)
+        try:
+            jinja2.Environment().parse(template.source)
+        except jinja2.TemplateSyntaxError as error:
+            raise ValueError(f"chat template: invalid Jinja at line {error.lineno}: {error.message}") from error
+        return template
+
+    def render(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+        """Raises ValueError for messages the template refuses (it may `raise_exception`)."""
+        if tokenizer is None:
+            raise ValueError("messages: this model has no tokenizer, so chat is not available")
+        conversation = [{"role": m.role, "content": message_text(m)} for m in messages]
+        try:
+            text = tokenizer.apply_chat_template(conversation, chat_template=self.source, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        except jinja2.TemplateError as error:
+            raise ValueError(f"messages: the chat template rejected them: {error}") from error
+        return str(text)
+
+    def tokenize(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+        text = self.render(tokenizer, messages, add_generation_prompt)
+        return list(tokenizer.encode(text, add_special_tokens=self.add_special_tokens))
+
+
+def _tokenizer_template(tokenizer: Any) -> str | None:
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # named templates: use the default one
+        own = own.get("default")
+    return own if isinstance(own, str) and own else None
+
+
+def message_text(message: ChatMessage) -> str:
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    return "\n".join(part.text for part in message.content)

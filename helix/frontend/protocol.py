@@ -1,0 +1,245 @@
+"""Request and response bodies of the OpenAI-compatible API, as msgspec Structs.
+
+Decoding a body with these types is the first validation step: wrong types,
+out-of-range numbers and non-finite floats are rejected by msgspec before any
+handler logic runs. Unknown fields are ignored, as OpenAI clients send extras.
+The limits below are part of the types, so /openapi.json documents them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from helix.sampling_params import MAX_LOGPROBS
+
+MAX_N = 16  # completions per prompt
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_STOP_STRINGS = 16
+MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range; larger values overflow fp32 logits
+
+# Integers outside int64 would overflow tensors inside the engine's step.
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+# seed + index (index < MAX_N) seeds each of the n completions and must stay in uint64.
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+N = Annotated[int, Meta(ge=1, le=MAX_N)]
+LogprobCount = Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)]
+StopStrings = Annotated[list[str], Meta(max_length=MAX_STOP_STRINGS)]
+LogitBias = dict[str, Annotated[float, Meta(ge=-MAX_ABS_LOGIT_BIAS, le=MAX_ABS_LOGIT_BIAS)]]
+# A prompt: text, token ids, or a batch of texts / token-id lists (homogeneity is checked later).
+Prompt = str | list[str | Int64 | list[Int64]]
+
+
+# -- requests ---------------------------------------------------------------------
+class StreamOptions(Struct):
+    include_usage: bool = False
+
+
+class TextPart(Struct):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Struct):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class SamplingFields(Struct, kw_only=True):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: str | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: Int64 = 0
+    min_p: float = 0.0
+    n: N = 1
+    stop: str | StopStrings | None = None
+    stop_token_ids: list[Int64] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: Seed | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: LogitBias | None = None
+    ignore_eos: bool = False
+    min_tokens: Int64 = 0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    user: str | None = None
+    priority: Int64 = 0
+    cache_salt: str | None = None
+
+
+class CompletionRequest(SamplingFields, kw_only=True):
+    prompt: Prompt
+    max_tokens: Int64 | None = 16
+    echo: bool = False
+    logprobs: LogprobCount | None = None
+    best_of: Int64 | None = None
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: LogprobCount | None = None
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    """Exactly one of `prompt` and `messages`."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    tokens: list[Int64]
+
+
+# -- responses --------------------------------------------------------------------
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(Struct):
+    """OpenAI's legacy format: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(Struct):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(Struct, kw_only=True):
+    """Also each streamed chunk (then `usage` is null except in the final usage chunk)."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Struct):
+    content: list[TokenLogprob] | None
+
+
+class AssistantMessage(Struct, kw_only=True):
+    role: str = "assistant"
+    content: str
+
+
+class ChatChoice(Struct):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatStreamChoice(Struct):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "helix"
+    max_model_len: int
+
+
+class ModelList(Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(Struct):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(Struct):
+    prompt: str
+
+
+class VersionResponse(Struct):
+    version: str
+
+
+class HealthResponse(Struct):
+    status: str
+
+
+class ErrorBody(Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Struct):
+    error: ErrorBody
+
+
+def encode(value: Struct) -> bytes:
+    return msgspec.json.encode(value)

@@ -1,0 +1,116 @@
+"""POST /v1/chat/completions: messages -> chat template -> one engine request with n choices."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from helix.frontend.errors import from_value_error
+from helix.frontend.generation import Generation, PreparedPrompt, final_outputs, new_request_id, prepare, tokenize_chat
+from helix.frontend.logprobs import chat_logprobs
+from helix.frontend.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatStreamChoice,
+    Usage,
+)
+from helix.frontend.routing import Endpoint, json_response, read_body
+from helix.frontend.sampling import chat_params
+from helix.frontend.state import ServerState, state_of
+from helix.frontend.streaming import stream_generation
+from helix.outputs import CompletionOutput, RequestOutput
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    with state.admit():
+        body = await read_body(request, ChatCompletionRequest)
+        state.check_model(body.model)
+        try:
+            params = chat_params(body)
+            prompt = PreparedPrompt(await tokenize_chat(state, body.messages), None)
+            generation = prepare(state, new_request_id("chatcmpl"), [prompt], params, body.priority,
+                                 body.cache_salt)
+        except ValueError as error:
+            raise from_value_error(error) from None
+        view = _View(state, body, generation, int(time.time()))
+        if body.stream:
+            return await stream_generation(request, state, generation, _Chunks(view))
+        return json_response(view.response((await final_outputs(state, generation))[0]))
+
+
+@dataclass
+class _View:
+    state: ServerState
+    body: ChatCompletionRequest
+    generation: Generation
+    created: int
+
+    def logprobs(self, completion: CompletionOutput, first_token: int) -> ChatLogprobs | None:
+        if not self.body.logprobs:
+            return None
+        return chat_logprobs(self.state.token_text, (completion.logprobs or [])[first_token:])
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = self.generation.num_prompt_tokens
+        return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+    def response(self, output: RequestOutput) -> ChatCompletionResponse:
+        choices = [ChatChoice(c.index, AssistantMessage(content=c.text), self.logprobs(c, 0), c.finish_reason)
+                   for c in output.outputs]
+        return ChatCompletionResponse(id=self.generation.request_id, created=self.created,
+                                      model=self.state.config.served_model_name, choices=choices,
+                                      usage=self.usage(sum(len(c.token_ids) for c in output.outputs)))
+
+    def chunk(self, choices: list[ChatStreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.generation.request_id, created=self.created,
+                                   model=self.state.config.served_model_name, choices=choices, usage=usage)
+
+
+class _Chunks:
+    """The role first (one chunk per choice), then content deltas, the last with its finish_reason."""
+
+    def __init__(self, view: _View):
+        self.view = view
+        self.tokens_sent = [0] * view.generation.params.n
+        self.finish_sent = [False] * view.generation.params.n
+
+    def opening(self) -> list[msgspec.Struct]:
+        return [self.view.chunk([ChatStreamChoice(i, ChatDelta(role="assistant", content=""))])
+                for i in range(self.view.generation.params.n)]
+
+    def on_output(self, prompt_index: int, output: RequestOutput) -> list[msgspec.Struct]:
+        chunks: list[msgspec.Struct] = []
+        for completion in output.outputs:
+            i = completion.index
+            # Tokens without text yet (a partial character, a held-back stop-string prefix)
+            # wait for the next chunk; their logprobs travel with it.
+            if not (completion.delta_text or (completion.finished and not self.finish_sent[i])):
+                continue
+            delta = ChatDelta(content=completion.delta_text or None)
+            logprobs = self.view.logprobs(completion, self.tokens_sent[i])
+            self.tokens_sent[i] = len(completion.token_ids)
+            self.finish_sent[i] = completion.finished
+            chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, completion.finish_reason)]))
+        return chunks
+
+    def closing(self) -> list[msgspec.Struct]:
+        options = self.view.body.stream_options
+        if options is None or not options.include_usage:
+            return []
+        return [self.view.chunk([], self.view.usage(sum(self.tokens_sent)))]
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/v1/chat/completions", create_chat_completion,
+             "Create chat completions (OpenAI-compatible).", ChatCompletionRequest, ChatCompletionResponse,
+             streams=True),
+]

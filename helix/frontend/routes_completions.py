@@ -1,0 +1,156 @@
+"""POST /v1/completions: one engine request per prompt; choice index = prompt_index * n + i."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from helix.frontend.errors import from_value_error
+from helix.frontend.generation import (
+    Generation,
+    PreparedPrompt,
+    final_outputs,
+    new_request_id,
+    prepare,
+    tokenize_prompts,
+)
+from helix.frontend.logprobs import completion_logprobs
+from helix.frontend.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
+from helix.frontend.routing import Endpoint, json_response, read_body
+from helix.frontend.sampling import completion_params, completion_prompts
+from helix.frontend.state import ServerState, state_of
+from helix.frontend.streaming import stream_generation
+from helix.outputs import CompletionOutput, RequestOutput
+
+
+async def create_completion(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    with state.admit():
+        body = await read_body(request, CompletionRequest)
+        state.check_model(body.model)
+        try:
+            params = completion_params(body)
+            prompts = await tokenize_prompts(state, completion_prompts(body.prompt))
+            generation = prepare(state, new_request_id("cmpl"), prompts, params, body.priority, body.cache_salt)
+        except ValueError as error:
+            raise from_value_error(error) from None
+        view = _View(state, body, generation, int(time.time()))
+        if body.stream:
+            return await stream_generation(request, state, generation, _Chunks(view))
+        return json_response(view.response(await final_outputs(state, generation)))
+
+
+@dataclass
+class _View:
+    state: ServerState
+    body: CompletionRequest
+    generation: Generation
+    created: int
+
+    @property
+    def model(self) -> str:
+        return self.state.config.served_model_name
+
+    def choice_index(self, prompt_index: int, completion_index: int) -> int:
+        return prompt_index * self.generation.params.n + completion_index
+
+    def echo(self, prompt: PreparedPrompt) -> str:
+        if not self.body.echo:
+            return ""
+        if prompt.text is not None:
+            return prompt.text
+        return self.state.tokenizer.decode(prompt.token_ids) if self.state.tokenizer is not None else ""
+
+    def logprobs(self, prompt: PreparedPrompt, output: RequestOutput, completion: CompletionOutput,
+                 first_token: int, echo: str, offset: int) -> CompletionLogprobs | None:
+        """Logprobs of completion tokens from `first_token` on (the first at text offset
+        `offset`), led by the prompt's when `echo` is the prompt text."""
+        if self.body.logprobs is None:
+            return None
+        text_of = self.state.token_text
+        result = CompletionLogprobs([], [], [], [])
+        if echo:
+            entries = list(output.prompt_logprobs or [])
+            entries += [None] * (len(prompt.token_ids) - len(entries))
+            result, _ = completion_logprobs(text_of, prompt.token_ids, entries)
+        generated, _ = completion_logprobs(text_of, completion.token_ids[first_token:],
+                                           (completion.logprobs or [])[first_token:], offset)
+        for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            getattr(result, name).extend(getattr(generated, name))
+        return result
+
+    def response(self, outputs: list[RequestOutput]) -> CompletionResponse:
+        choices = []
+        for prompt_index, (prompt, output) in enumerate(zip(self.generation.prompts, outputs)):
+            echo = self.echo(prompt)
+            for completion in output.outputs:
+                choices.append(CompletionChoice(self.choice_index(prompt_index, completion.index),
+                                                echo + completion.text,
+                                                self.logprobs(prompt, output, completion, 0, echo, len(echo)),
+                                                completion.finish_reason))
+        generated = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        return self.chunk(choices, self.usage(generated))
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = self.generation.num_prompt_tokens
+        return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+    def chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
+        return CompletionResponse(id=self.generation.request_id, created=self.created, model=self.model,
+                                  choices=choices, usage=usage)
+
+
+@dataclass
+class _ChoiceProgress:
+    tokens_sent: int = 0
+    text_sent: int = 0  # characters, echo included
+    finish_sent: bool = False
+    echoed: bool = False
+
+
+class _Chunks:
+    """Streamed chunks: each carries one choice's new text (and logprobs); echo leads the first."""
+
+    def __init__(self, view: _View):
+        self.view = view
+        self.progress: dict[int, _ChoiceProgress] = {}
+
+    def opening(self) -> list[msgspec.Struct]:
+        return []
+
+    def on_output(self, prompt_index: int, output: RequestOutput) -> list[msgspec.Struct]:
+        chunks: list[msgspec.Struct] = []
+        prompt = self.view.generation.prompts[prompt_index]
+        for completion in output.outputs:
+            index = self.view.choice_index(prompt_index, completion.index)
+            progress = self.progress.setdefault(index, _ChoiceProgress())
+            # Tokens without text yet (a partial character, a held-back stop-string prefix)
+            # wait for the next chunk; their logprobs travel with it.
+            if not (completion.delta_text or (completion.finished and not progress.finish_sent)):
+                continue
+            echo = "" if progress.echoed else self.view.echo(prompt)
+            logprobs = self.view.logprobs(prompt, output, completion, progress.tokens_sent, echo,
+                                          progress.text_sent + len(echo))
+            text = echo + completion.delta_text
+            progress.tokens_sent = len(completion.token_ids)
+            progress.text_sent += len(text)
+            progress.finish_sent = completion.finished
+            progress.echoed = True
+            chunks.append(self.view.chunk([CompletionChoice(index, text, logprobs, completion.finish_reason)]))
+        return chunks
+
+    def closing(self) -> list[msgspec.Struct]:
+        options = self.view.body.stream_options
+        if options is None or not options.include_usage:
+            return []
+        generated = sum(p.tokens_sent for p in self.progress.values())
+        return [self.view.chunk([], self.view.usage(generated))]
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/v1/completions", create_completion, "Create text completions (OpenAI-compatible).",
+             CompletionRequest, CompletionResponse, streams=True),
+]

@@ -1,0 +1,91 @@
+"""/v1/chat/completions with the default chat template (the tiny tokenizer has none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+from helix.engine import AsyncEngine
+from helix.frontend.chat_template import DEFAULT_CHAT_TEMPLATE
+from tests.frontend.conftest import LOOP, MODEL_NAME, Server, running_server
+
+pytestmark = pytest.mark.asyncio(loop_scope=LOOP)
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick brown fox"}]
+GREEDY = dict(model=MODEL_NAME, temperature=0.0, max_tokens=10, extra_body={"ignore_eos": True})
+
+
+async def chat_tokens(http: aiohttp.ClientSession, server: Server, messages: list[dict]) -> list[int]:
+    async with http.post(server.url("/tokenize"), json={"messages": messages}) as response:
+        assert response.status == 200
+        return (await response.json())["tokens"]
+
+
+async def test_default_template_text(server: Server, http: aiohttp.ClientSession) -> None:
+    expected = "<|system|>\nBe brief.\n<|user|>\nThe quick brown fox\n<|assistant|>\n"
+    tokens = await chat_tokens(http, server, MESSAGES)
+    async with http.post(server.url("/detokenize"), json={"tokens": tokens}) as response:
+        assert (await response.json())["prompt"] == expected
+    assert "<|assistant|>" in DEFAULT_CHAT_TEMPLATE
+
+
+async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:
+    response = await client.chat.completions.create(messages=MESSAGES, **GREEDY)
+    assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
+    (choice,) = response.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason == "length" and choice.logprobs is None
+    assert response.usage.prompt_tokens == len(await chat_tokens(http, server, MESSAGES))
+    assert response.usage.completion_tokens == 10
+
+    prompt = await chat_tokens(http, server, MESSAGES)
+    plain = await client.completions.create(prompt=prompt, **GREEDY)
+    assert plain.choices[0].text == choice.message.content
+
+
+async def test_content_parts_and_max_completion_tokens(client: AsyncOpenAI) -> None:
+    parts = [{"role": "user", "content": [{"type": "text", "text": "The quick"}, {"type": "text", "text": "fox"}]}]
+    joined = [{"role": "user", "content": "The quick\nfox"}]
+    kwargs = {k: v for k, v in GREEDY.items() if k != "max_tokens"}
+    first = await client.chat.completions.create(messages=parts, max_completion_tokens=4, **kwargs)
+    second = await client.chat.completions.create(messages=joined, max_completion_tokens=4, **kwargs)
+    assert first.choices[0].message.content == second.choices[0].message.content
+    assert first.usage.completion_tokens == 4
+
+
+async def test_chat_stream(client: AsyncOpenAI) -> None:
+    expected = (await client.chat.completions.create(messages=MESSAGES, **GREEDY)).choices[0].message.content
+    stream = await client.chat.completions.create(messages=MESSAGES, stream=True,
+                                                  stream_options={"include_usage": True}, **GREEDY)
+    chunks = [chunk async for chunk in stream]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    first, *content, usage = chunks
+    assert first.choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in content) == expected
+    assert content[-1].choices[0].finish_reason == "length"
+    assert usage.choices == [] and usage.usage.completion_tokens == 10
+
+
+async def test_chat_n_and_logprobs(client: AsyncOpenAI) -> None:
+    response = await client.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, n=2, max_tokens=5, logprobs=True, top_logprobs=2, seed=11,
+        extra_body={"ignore_eos": True})
+    assert [c.index for c in response.choices] == [0, 1]
+    for choice in response.choices:
+        entries = choice.logprobs.content
+        assert len(entries) == 5
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 and e.bytes == list(e.token.encode())
+                   for e in entries)
+
+
+async def test_chat_template_file_overrides(engine: AsyncEngine, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}[answer]")
+    async with running_server(engine, chat_template_file=str(template)) as server:
+        tokens = await chat_tokens(http, server, MESSAGES)
+        async with http.post(server.url("/detokenize"), json={"tokens": tokens}) as response:
+            text = (await response.json())["prompt"]
+    assert text == "[system] Be brief. [user] The quick brown fox [answer]"
