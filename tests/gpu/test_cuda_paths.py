@@ -30,6 +30,7 @@ def test_batched_prefill_logits_match_transformers_on_cuda(arch: str, tiny_model
     directory = tiny_model_dirs[arch]
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(CUDA).eval()
     model = build_model(model_source(str(directory), "auto"), "auto", CUDA, torch.float32)
+    assert model.attention_backend == "triton"
     rng = random.Random(0)
     prompts = [[rng.randrange(1, VOCAB_SIZE) for _ in range(n)] for n in (1, 9, 40)]
     pool = BlockPool(64)

@@ -12,7 +12,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from helix.worker.attention import AttentionMetadata, paged_attention, write_kv
+from helix.worker.attention import AttentionMetadata
+from helix.worker.attention.backend import AttentionBackend
 from helix.worker.models.arch import ArchConfig
 from helix.worker.models.rope import RotaryEmbedding
 
@@ -40,8 +41,9 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding):
+    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding, backend: AttentionBackend):
         super().__init__()
+        self.backend = backend.impl
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
         self.head_dim = arch.head_dim
@@ -64,8 +66,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(meta.positions, q, k)
-        write_kv(k, v, kv_cache, meta.slot_mapping)
-        out = paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
+        self.backend.write_kv(k, v, kv_cache, meta.slot_mapping)
+        out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
         return self.o_proj(out.reshape(num_tokens, -1))
 
 
@@ -82,10 +84,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding):
+    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding, backend: AttentionBackend):
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.self_attn = Attention(arch, rotary)
+        self.self_attn = Attention(arch, rotary, backend)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch)
 
@@ -95,11 +97,11 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, arch: ArchConfig, dtype: torch.dtype):
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend):
         super().__init__()
         rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings, dtype)
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(arch, rotary) for _ in range(arch.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(arch, rotary, backend) for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -112,10 +114,11 @@ class DecoderModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """forward() -> final hidden states [num_tokens, hidden]; compute_logits() -> [n, vocab]."""
 
-    def __init__(self, arch: ArchConfig, dtype: torch.dtype):
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend):
         super().__init__()
         self.arch = arch
-        self.model = DecoderModel(arch, dtype)
+        self.attention_backend = backend.name
+        self.model = DecoderModel(arch, dtype, backend)
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
+from helix.worker.attention.backend import select_attention_backend
 from helix.worker.models.arch import ArchConfig
 from helix.worker.models.llama import LlamaForCausalLM, init_dummy_weights
 from helix.worker.models.presets import PRESETS
@@ -77,7 +78,7 @@ def build_model(source: ModelSource, load_format: str, device: torch.device, dty
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(arch, dtype)
+            model = LlamaForCausalLM(arch, dtype, select_attention_backend(device))
     finally:
         torch.set_default_dtype(previous_dtype)
     if load_format == "dummy":
