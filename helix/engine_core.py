@@ -69,7 +69,8 @@ class EngineCore:
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
             check_invariants=args.check_invariants)
-        self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching)
+        self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching,
+                                 watermark=self.scheduler_config.watermark)
         self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),
                                    has_draft_cache=draft is not None)
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish)

@@ -82,23 +82,25 @@ class OutputProcessor:
     def _apply(self, state: _ParentState, update: RequestUpdate) -> RequestOutput:
         request = update.request
         completion = state.output.outputs[state.child_index[request.request_id]]
-        visible = update.new_token_ids
-        if update.finish_reason is FinishReason.STOP and not request.params.include_stop_str_in_output:
-            visible = visible[:-1]  # the stop token (EOS or stop_token_ids) is not part of the text
-        delta, stopped = state.detokenizers[request.request_id].update(
-            visible, finished=update.finish_reason is not None)
+        tokens = update.new_token_ids
         finish_reason = update.finish_reason
-        if stopped and finish_reason is None:
-            self._finish(request.request_id, FinishReason.STOP)
+        stop_token_hidden = finish_reason is FinishReason.STOP and not request.params.include_stop_str_in_output
+        # The stop token (EOS or stop_token_ids) is not part of the text.
+        delta = state.detokenizers[request.request_id].update(tokens[:-1] if stop_token_hidden else tokens,
+                                                              finished=finish_reason is not None)
+        if delta.stopped:
+            tokens = tokens[:delta.num_tokens]  # drafts accepted past the stop string are dropped
+            if finish_reason is None:
+                self._finish(request.request_id, FinishReason.STOP)
             finish_reason = FinishReason.STOP
         completion.text = state.detokenizers[request.request_id].text
-        completion.delta_text += delta
-        completion.token_ids.extend(update.new_token_ids)
-        completion.delta_token_ids.extend(update.new_token_ids)
+        completion.delta_text += delta.text
+        completion.token_ids.extend(tokens)
+        completion.delta_token_ids.extend(tokens)
         completion.num_draft_tokens = request.num_draft_tokens
         completion.num_accepted_tokens = request.num_accepted_tokens
         if request.params.logprobs is not None:
-            completion.logprobs = list(request.logprobs)
+            completion.logprobs = request.logprobs[:len(completion.token_ids)]
         if finish_reason is not None:
             completion.finish_reason = finish_reason.value
         if request.params.prompt_logprobs is not None:

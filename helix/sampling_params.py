@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
+MAX_TOP_K = 1 << 31
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, dividing logits by the temperature overflows; it is greedy in effect.
+        return self.temperature < _GREEDY_BELOW
 
     def _validate(self) -> None:
         _check(self.n >= 1, "n", f"must be >= 1, got {self.n}")
@@ -64,6 +67,7 @@ class SamplingParams:
         _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
+        _check(-1 <= self.top_k < MAX_TOP_K, "top_k", f"must be -1, 0 (off) or a positive count, got {self.top_k}")
         _check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty",
                f"must be in [-2, 2], got {self.presence_penalty}")
         _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty",
@@ -73,6 +77,9 @@ class SamplingParams:
         _check(all(math.isfinite(v) for v in self.logit_bias.values()), "logit_bias",
                "values must be finite numbers")
         _check(all(s for s in self.stop), "stop", "must not contain empty strings")
+        # Seeds reach torch.Generator.manual_seed in the engine's step, which refuses values past 64 bits.
+        _check(self.seed is None or -(2**63) <= self.seed < 2**63, "seed",
+               f"must be a 64-bit signed integer, got {self.seed}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             _check(value is None or 0 <= value <= MAX_LOGPROBS, name,

@@ -110,3 +110,19 @@ def test_draft_with_another_vocabulary_is_refused(tiny_model_dirs: dict[str, Pat
     (other / "config.json").write_text(config)
     with pytest.raises(ValueError, match="draft_model: vocabulary size 400"):
         LLM(str(tiny_model_dirs["llama"]), draft_model=str(other), num_kv_blocks=64)
+
+
+def test_stop_string_inside_an_accepted_run_trims_tokens(tiny_model_dirs: dict[str, Path]) -> None:
+    target = str(tiny_model_dirs["llama"])
+    plain = LLM(target, num_kv_blocks=256, block_size=4)
+    spec = LLM(target, draft_model=target, speculation_mode="fixed", num_speculative_tokens=8, num_kv_blocks=256,
+               block_size=4)
+    prompt = [21, 22, 23]
+    full = plain.generate([prompt], SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True),
+                          use_tqdm=False)[0].outputs[0].text
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, stop=[full[8:11]])
+    expected = plain.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+    actual = spec.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+    assert actual.finish_reason == "stop" == expected.finish_reason
+    assert (actual.text, actual.token_ids) == (expected.text, expected.token_ids)
+    assert spec.stats()["mean_accepted_length"] > 4  # tokens after the stop were accepted, then dropped
