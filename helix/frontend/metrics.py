@@ -54,6 +54,26 @@ class EngineCollector(Collector):
         swaps.add_metric(["out"], s["swapped_out"])
         swaps.add_metric(["in"], s["swapped_in"])
         yield swaps
+        yield from _speculation_metrics(s)
+
+
+def _speculation_metrics(s: Mapping[str, float | int]) -> Iterator[Metric]:
+    yield CounterMetricFamily("helix:spec_decode_num_drafts", "Verify steps that checked draft tokens.",
+                              s["spec_drafts"])
+    yield CounterMetricFamily("helix:spec_decode_num_draft_tokens", "Draft tokens proposed.",
+                              s["spec_draft_tokens"])
+    yield CounterMetricFamily("helix:spec_decode_num_accepted_tokens", "Draft tokens accepted by the target.",
+                              s["spec_accepted_tokens"])
+    yield GaugeMetricFamily("helix:spec_decode_acceptance_rate", "Accepted / proposed draft tokens so far.",
+                            s["acceptance_rate"])
+    yield GaugeMetricFamily("helix:spec_decode_mean_accepted_length",
+                            "Mean tokens emitted per verify step (accepted drafts + 1).", s["mean_accepted_length"])
+    per_position = GaugeMetricFamily("helix:spec_decode_acceptance_rate_per_position",
+                                     "Acceptance rate of the draft at each position.", labels=["position"])
+    for key, value in s.items():
+        if key.startswith("acceptance_rate_position_"):
+            per_position.add_metric([key.rsplit("_", 1)[1]], value)
+    yield per_position
 
 
 class ServerMetrics:
