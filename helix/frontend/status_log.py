@@ -20,9 +20,14 @@ def status_line(before: Stats, after: Stats, elapsed_s: float) -> str | None:
     if not (prompt or generated or busy):
         return None
     elapsed_s = max(elapsed_s, 1e-9)
-    return (f"prompt {prompt / elapsed_s:.1f} tok/s, generation {generated / elapsed_s:.1f} tok/s, "
+    line = (f"prompt {prompt / elapsed_s:.1f} tok/s, generation {generated / elapsed_s:.1f} tok/s, "
             f"running {after['running']}, waiting {after['waiting']}, swapped {after['swapped']}, "
             f"KV usage {100 * after['kv_cache_usage']:.1f}%")
+    drafted = after.get("spec_draft_tokens", 0) - before.get("spec_draft_tokens", 0)
+    if drafted:
+        accepted = after["spec_accepted_tokens"] - before["spec_accepted_tokens"]
+        line += f", acceptance {100 * accepted / drafted:.1f}%"
+    return line
 
 
 async def log_status(stats: Callable[[], Stats], interval_s: float) -> None:

@@ -75,6 +75,9 @@ def test_status_line_only_when_something_happened() -> None:
     busy = dict(idle, prompt_tokens=30, generation_tokens=70, running=2, waiting=1, kv_cache_usage=0.25)
     assert status_line(idle, busy, 10.0) == ("prompt 2.0 tok/s, generation 5.0 tok/s, running 2, waiting 1, "
                                              "swapped 0, KV usage 25.0%")
+    speculating = dict(busy, spec_draft_tokens=40, spec_accepted_tokens=30)
+    assert status_line(dict(idle, spec_draft_tokens=0, spec_accepted_tokens=0), speculating, 10.0).endswith(
+        ", acceptance 75.0%")
 
 
 async def test_serve_runs_until_cancelled(tiny_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
