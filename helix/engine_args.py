@@ -6,6 +6,7 @@ generated from these fields, so an option exists everywhere or nowhere.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
@@ -42,7 +43,10 @@ class EngineArgs:
     enable_prefix_caching: bool = _option(True, "Reuse KV blocks of identical prompt prefixes.")
     scheduling_policy: str = _option("fcfs", "fcfs | priority (lower `priority` value runs first).")
     seed: int = _option(0, "Seed for dummy weights and for sampling of requests without their own seed.")
-    check_invariants: bool = _option(False, "Debug: verify KV block accounting after every step.")
+    check_invariants: bool = _option(
+        os.environ.get("HELIX_CHECK_INVARIANTS", "0") == "1",
+        "Debug: verify KV block accounting after every step (default from HELIX_CHECK_INVARIANTS=1).")
+    enforce_eager: bool = _option(False, "Disable CUDA graphs (run every forward eagerly).")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":

@@ -2,6 +2,7 @@
 
 Nothing here touches the network: the hub is forced offline before any
 Hugging Face module is imported, and every model is written to a temp dir.
+Every engine built by the suite verifies its block accounting after each step.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HELIX_CHECK_INVARIANTS"] = "1"  # every engine in the suite checks block accounting each step
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
