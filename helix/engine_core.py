@@ -27,6 +27,7 @@ from helix.scheduler.outputs import RequestUpdate, SchedulerOutput
 from helix.scheduler.request import Request
 from helix.scheduler.scheduler import Scheduler
 from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
+from helix.worker.cuda_graphs import DecodeGraphSpec
 from helix.worker.device import resolve_device, resolve_dtype
 from helix.worker.kv_cache import bytes_per_block, num_blocks_for_budget, num_swap_blocks
 from helix.worker.model_runner import ModelRunner
@@ -62,9 +63,10 @@ class EngineCore:
             method=args.method, num_speculative_tokens=args.num_speculative_tokens, mode=args.speculation_mode,
             token_budget=args.speculation_token_budget or (256 if self.device.type == "cuda" else 64))
         num_gpu_blocks, num_cpu_blocks = self._cache_sizes(draft)
+        self.graphs = None if args.enforce_eager else DecodeGraphSpec(args.max_num_seqs, self.max_model_len)
         proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
-                                  self.dtype, args.seed, proposer)
+                                  self.dtype, args.seed, proposer, self.graphs)
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
@@ -106,7 +108,7 @@ class EngineCore:
                   num_cpu_blocks: int) -> DraftModelProposer | NgramProposer | None:
         if draft is not None:
             return DraftModelProposer(draft, num_gpu_blocks, num_cpu_blocks, self.args.block_size, self.device,
-                                      self.dtype)
+                                      self.dtype, self.graphs)
         return NgramProposer() if self.speculation.method == "ngram" else None
 
     # -- requests (any thread) -------------------------------------------------

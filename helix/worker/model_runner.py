@@ -20,6 +20,7 @@ import torch
 from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput, StepTimings
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
+from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
 from helix.worker.kv_cache import allocate_kv_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
@@ -30,7 +31,8 @@ from helix.worker.spec_decode.rejection_sampler import rejection_sample
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None):
+                 device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None,
+                 graphs: DecodeGraphSpec | None = None):
         self.model = model
         self.block_size = block_size
         self.device = device
@@ -38,6 +40,8 @@ class ModelRunner:
         self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
         self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
                                             pin_memory=device.type == "cuda")
+        # CUDA graphs for pure-decode steps (None: always eager).
+        self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "target")
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
 
@@ -72,6 +76,10 @@ class ModelRunner:
                 tokens = request.all_token_ids[item.start:item.start + item.num_new_tokens]
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
+        if self.decode_graphs is not None:
+            hidden = self.decode_graphs.run(spans, token_ids)
+            if hidden is not None:
+                return hidden, tuple(range(len(spans) + 1))
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]

@@ -32,6 +32,9 @@ class AttentionMetadata:
     seq_lens_host: tuple[int, ...]
     query_start_loc_host: tuple[int, ...]
     block_size: int
+    # Split-KV factor pinned for a CUDA graph capture; None lets the kernel
+    # launcher choose from the host metadata (the reference path ignores it).
+    num_splits: int | None = None
 
     @property
     def num_seqs(self) -> int:

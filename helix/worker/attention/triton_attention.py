@@ -317,7 +317,7 @@ def paged_attention(query: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
     returns a new [num_tokens, num_heads, head_dim] tensor.
     """
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
-    return paged_attention_into(query, kv_cache, meta, scale, sliding_window, out=out)
+    return paged_attention_into(query, kv_cache, meta, scale, sliding_window, out=out, num_splits=meta.num_splits)
 
 
 def choose_launch(meta: AttentionMetadata, num_heads: int, num_kv_heads: int, head_dim: int,

@@ -17,6 +17,7 @@ import torch
 
 from helix.scheduler.outputs import ScheduledRequest
 from helix.worker.attention import SequenceSpan, build_attention_metadata
+from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
 from helix.worker.kv_cache import allocate_kv_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, draw, transform_logits
@@ -25,13 +26,15 @@ from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
 
 class DraftModelProposer:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, graphs: DecodeGraphSpec | None = None):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
         self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
                                             pin_memory=device.type == "cuda")
+        # CUDA graphs for passes whose spans are all one token (None: always eager).
+        self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "draft")
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         source, destination = (self.kv_cache, self.swap_cache) if to_cpu else (self.swap_cache, self.kv_cache)
@@ -90,6 +93,10 @@ class DraftModelProposer:
         self._sample_next(extending, hidden[last_rows], row_for, drafts, q_rows)
 
     def _forward(self, spans: list[SequenceSpan], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.decode_graphs is not None:
+            hidden = self.decode_graphs.run(spans, token_ids)
+            if hidden is not None:
+                return hidden, self.decode_graphs.row_indices[:len(spans)]
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.kv_cache, meta), meta.last_token_indices

@@ -1,0 +1,91 @@
+"""Decode throughput with CUDA graphs against enforce_eager, same run, same card.
+
+Dummy TinyLlama-1.1B shape (bf16), prompt 128 tokens, 64 greedy new tokens
+(ignore_eos), batch 1 and 32, as in eager_baseline.py. Reports output tok/s of
+the whole generate call (prefill included, comparable with eager_baseline.py)
+and the decode time per step, from the difference between a 64-token and a
+1-token generate of the same prompts.
+
+    PYTHONPATH=. python3 benchmarks/decode_graphs.py [--batches 1 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+import torch
+
+from helix import LLM, SamplingParams
+
+
+def _timed(llm: LLM, prompts: list[list[int]], max_tokens: int, repeats: int) -> float:
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    llm.generate(prompts, params, use_tqdm=False)  # warm-up: compiles kernels, fills allocator caches
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _replay_ms(llm: LLM, batch: int, repeats: int = 50) -> float:
+    """GPU time of one replay of the target's graph for this batch (split factor 1):
+    the forward alone, without input staging, sampling or scheduling."""
+    runner = llm.engine.runner.decode_graphs
+    bucket = min(b for b in runner.buckets if b >= batch)
+    graph, _ = runner._graphs[(bucket, 1)]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tinyllama-1.1b")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("helix.worker.cuda_graphs").setLevel(logging.INFO)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    rows = []
+    for batch in args.batches:
+        prompts = [[(7 * i + j) % 32000 for j in range(args.prompt_len)] for i in range(batch)]
+        for enforce_eager in (False, True):
+            started = time.perf_counter()
+            llm = LLM(args.model, load_format="dummy", num_kv_blocks=4096, max_model_len=2048,
+                      enforce_eager=enforce_eager)
+            build_s = time.perf_counter() - started
+            full = _timed(llm, prompts, args.new_tokens, args.repeats)
+            first = _timed(llm, prompts, 1, args.repeats)
+            step_ms = (full - first) / (args.new_tokens - 1) * 1e3
+            graphs = llm.engine.runner.decode_graphs
+            mode = "eager" if enforce_eager else f"graphs ({graphs.num_graphs if graphs else 0})"
+            replay = f"{_replay_ms(llm, batch):.2f}" if graphs else "-"
+            rows.append((batch, mode, batch * args.new_tokens / full, step_ms, replay, build_s))
+            print(f"batch={batch:3d} {mode:12s} {rows[-1][2]:9.1f} output tok/s  {step_ms:6.2f} ms/decode step  "
+                  f"replay {replay} ms  engine build {build_s:5.1f} s", flush=True)
+            del llm
+            torch.cuda.empty_cache()
+    print(f"\n{args.model} dummy bf16, prompt {args.prompt_len}, {args.new_tokens} new tokens")
+    print("| batch | mode | output tok/s | ms per decode step | graph replay ms | engine build s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for batch, mode, rate, step_ms, replay, build_s in rows:
+        print(f"| {batch} | {mode} | {rate:.1f} | {step_ms:.2f} | {replay} | {build_s:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""CUDA graphs for decode steps: the same greedy tokens as eager mode, with
+every block back in the pool afterwards.
+
+Skipped where CUDA is absent (CI); run on a GPU machine before calling GPU
+work done.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helix import LLM, SamplingParams
+from helix.worker.cuda_graphs import DecodeGraphRunner
+from tests.regimes import _REGIME_OPTIONS, assert_drained, run_regime
+from tests.tiny_models import ARCHITECTURES, VOCAB_SIZE
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _record_batches(runner: DecodeGraphRunner) -> list[tuple[int, bool]]:
+    """Wrap `runner.run` to log (batch size, replayed) of every pure-decode attempt."""
+    calls: list[tuple[int, bool]] = []
+    run = runner.run
+
+    def recording_run(spans: Any, token_ids: Any) -> torch.Tensor | None:
+        hidden = run(spans, token_ids)
+        if all(span.num_new == 1 for span in spans):
+            calls.append((len(spans), hidden is not None))
+        return hidden
+
+    runner.run = recording_run  # type: ignore[method-assign]
+    return calls
+
+
+def _generate(model_dir: Path, prompts: list[list[int]], max_tokens: int,
+              **options: Any) -> tuple[LLM, list[list[int]], list[tuple[int, bool]]]:
+    llm = LLM(str(model_dir), device="cuda", block_size=4, max_num_batched_tokens=128, check_invariants=True,
+              **options)
+    graphs = llm.engine.runner.decode_graphs
+    calls = _record_batches(graphs) if graphs is not None else []
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert_drained(llm)
+    return llm, [o.outputs[0].token_ids for o in outputs], calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("regime", ["ample", "swap"])
+def test_graphs_match_eager(regime: str, dtype: str, tiny_model_dirs: dict[str, Path],
+                            greedy_prompts: list[list[int]]) -> None:
+    # ample: max_num_seqs 12 captures 1, 2, 4, 8, so batches of 9-12 run eagerly.
+    options: dict[str, Any] = {**_REGIME_OPTIONS[regime], "dtype": dtype}
+    if regime == "ample":
+        options["max_num_seqs"] = 12
+    graphs_llm, graph_tokens, calls = _generate(tiny_model_dirs["llama"], greedy_prompts, 20, **options)
+    eager_llm, eager_tokens, _ = _generate(tiny_model_dirs["llama"], greedy_prompts, 20, enforce_eager=True,
+                                           **options)
+    assert eager_llm.engine.runner.decode_graphs is None
+    assert graph_tokens == eager_tokens
+    runner = graphs_llm.engine.runner.decode_graphs
+    assert runner is not None
+    replayed = {bucket for bucket, _ in runner.replays}
+    assert len(replayed) >= 2, runner.replays
+    assert all(ok for size, ok in calls if size <= runner.buckets[-1])
+    if regime == "ample":
+        assert runner.buckets == (1, 2, 4, 8)
+        assert any(size > 8 and not ok for size, ok in calls)
+    else:
+        stats = graphs_llm.stats()
+        assert stats["swapped_out"] > 0 and stats["swapped_in"] == stats["swapped_out"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_contexts_use_split_kv_graphs(dtype: str, tiny_model_dirs: dict[str, Path]) -> None:
+    """Contexts past 256 keys make the eager launcher split the key range; the
+    graph of the same split factor must be the one replayed."""
+    rng = random.Random(3)
+    prompts = [[rng.randrange(1, VOCAB_SIZE) for _ in range(rng.randrange(260, 420))] for _ in range(5)]
+    options = dict(dtype=dtype, num_kv_blocks=1024, max_model_len=512)
+    graphs_llm, graph_tokens, _ = _generate(tiny_model_dirs["llama"], prompts, 24, **options)
+    _, eager_tokens, _ = _generate(tiny_model_dirs["llama"], prompts, 24, enforce_eager=True, **options)
+    assert graph_tokens == eager_tokens
+    runner = graphs_llm.engine.runner.decode_graphs
+    assert any(splits > 1 for _, splits in runner.replays), runner.replays
+
+
+@pytest.mark.parametrize("arch", [name for name in ARCHITECTURES if name != "llama"])
+def test_graphs_match_eager_for_each_architecture(arch: str, tiny_model_dirs: dict[str, Path],
+                                                  greedy_prompts: list[list[int]]) -> None:
+    prompts = greedy_prompts[:10]
+    options = dict(dtype="float32", num_kv_blocks=1024)
+    graphs_llm, graph_tokens, _ = _generate(tiny_model_dirs[arch], prompts, 16, **options)
+    _, eager_tokens, _ = _generate(tiny_model_dirs[arch], prompts, 16, enforce_eager=True, **options)
+    assert graph_tokens == eager_tokens
+    assert graphs_llm.engine.runner.decode_graphs.replays
+
+
+@pytest.mark.parametrize("draft", ["target", "unrelated"])
+def test_speculation_with_graphs_equals_greedy(draft: str, tiny_model_dirs: dict[str, Path],
+                                               unrelated_draft_dir: Path, greedy_prompts: list[list[int]],
+                                               greedy_expected: list[list[int]]) -> None:
+    """Draft passes B (one token per sequence) replay the draft's graphs;
+    output stays transformers' greedy tokens, blocks drain (run_regime)."""
+    target = tiny_model_dirs["llama"]
+    draft_dir = target if draft == "target" else unrelated_draft_dir
+    regime = "swap" if draft == "target" else "ample"
+    llm = run_regime(regime, target, greedy_prompts, greedy_expected, device="cuda", dtype="float32",
+                     draft_model=str(draft_dir), speculation_mode="fixed", num_speculative_tokens=4)
+    proposer = llm.engine.runner.proposer
+    assert proposer.decode_graphs is not None and sum(proposer.decode_graphs.replays.values()) > 0
+    stats = llm.stats()
+    if draft == "target":
+        assert stats["acceptance_rate"] == 1.0
+    else:
+        assert stats["spec_draft_tokens"] > 0
