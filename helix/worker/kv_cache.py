@@ -7,6 +7,8 @@ Moving a block (swap, copy) is then one indexed copy over dim 2.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from helix.config import CacheConfig
@@ -49,3 +51,30 @@ def num_swap_blocks(swap_space_gib: float, num_gpu_blocks: int, block_bytes: int
     """CPU swap blocks: what `swap_space_gib` holds, but never more than the GPU
     cache itself (swapping out more than it could ever hold buys nothing)."""
     return min(int(swap_space_gib * _GIB // block_bytes), num_gpu_blocks)
+
+
+@dataclass(eq=False)
+class SwappableKVCache:
+    """A model's KV cache on its device and its CPU swap space, in the same
+    block layout: swapping a block is one indexed copy over dim 2."""
+
+    device_cache: torch.Tensor  # [layers, 2, num_gpu_blocks, block_size, kv_heads, head_dim]
+    swap_cache: torch.Tensor    # [layers, 2, num_cpu_blocks, block_size, kv_heads, head_dim]
+
+    def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
+        """Copy (source block, destination block) pairs out to CPU or back in."""
+        if not pairs:
+            return
+        source, destination = ((self.device_cache, self.swap_cache) if to_cpu
+                               else (self.swap_cache, self.device_cache))
+        src = torch.tensor([s for s, _ in pairs], dtype=torch.long, device=source.device)
+        dst = torch.tensor([d for _, d in pairs], dtype=torch.long, device=destination.device)
+        destination[:, :, dst] = source[:, :, src].to(destination.device)
+
+
+def allocate_swappable_cache(arch: ArchConfig, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
+                             dtype: torch.dtype, device: torch.device) -> SwappableKVCache:
+    return SwappableKVCache(
+        allocate_kv_cache(arch, num_gpu_blocks, block_size, dtype, device),
+        allocate_kv_cache(arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
+                          pin_memory=device.type == "cuda"))

@@ -21,10 +21,9 @@ from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutp
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
-from helix.worker.kv_cache import allocate_kv_cache
+from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
-from helix.worker.spec_decode.draft_proposer import copy_blocks
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import rejection_sample
 
@@ -37,9 +36,8 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.proposer = proposer
-        self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
-        self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
-                                            pin_memory=device.type == "cuda")
+        self.cache = allocate_swappable_cache(model.arch, num_gpu_blocks, num_cpu_blocks, block_size, dtype, device)
+        self.kv_cache = self.cache.device_cache
         # CUDA graphs for pure-decode steps (None: always eager).
         self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "target")
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
@@ -166,8 +164,7 @@ class ModelRunner:
     def _swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         if not pairs:
             return
-        source, destination = (self.kv_cache, self.swap_cache) if to_cpu else (self.swap_cache, self.kv_cache)
-        copy_blocks(pairs, source, destination)
+        self.cache.swap(pairs, to_cpu)
         if self.proposer is not None:
             self.proposer.swap(pairs, to_cpu)
 

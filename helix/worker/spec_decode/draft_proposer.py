@@ -18,7 +18,7 @@ import torch
 from helix.scheduler.outputs import ScheduledRequest
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
-from helix.worker.kv_cache import allocate_kv_cache
+from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, draw, transform_logits
 from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
@@ -30,15 +30,13 @@ class DraftModelProposer:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_cache = allocate_kv_cache(model.arch, num_gpu_blocks, block_size, dtype, device)
-        self.swap_cache = allocate_kv_cache(model.arch, num_cpu_blocks, block_size, dtype, torch.device("cpu"),
-                                            pin_memory=device.type == "cuda")
+        self.cache = allocate_swappable_cache(model.arch, num_gpu_blocks, num_cpu_blocks, block_size, dtype, device)
+        self.kv_cache = self.cache.device_cache
         # CUDA graphs for passes whose spans are all one token (None: always eager).
         self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "draft")
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
-        source, destination = (self.kv_cache, self.swap_cache) if to_cpu else (self.swap_cache, self.kv_cache)
-        copy_blocks(pairs, source, destination)
+        self.cache.swap(pairs, to_cpu)
 
     @torch.inference_mode()
     def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
@@ -112,11 +110,3 @@ class DraftModelProposer:
             drafts[request_id].append(token)
             q_rows[request_id].append(probs[i])
 
-
-def copy_blocks(pairs: list[tuple[int, int]], source: torch.Tensor, destination: torch.Tensor) -> None:
-    """Copy whole blocks (dim 2 of [layers, 2, blocks, block_size, kv_heads, head_dim])."""
-    if not pairs:
-        return
-    src = torch.tensor([s for s, _ in pairs], dtype=torch.long, device=source.device)
-    dst = torch.tensor([d for _, d in pairs], dtype=torch.long, device=destination.device)
-    destination[:, :, dst] = source[:, :, src].to(destination.device)
