@@ -126,3 +126,18 @@ def test_stop_string_inside_an_accepted_run_trims_tokens(tiny_model_dirs: dict[s
     assert actual.finish_reason == "stop" == expected.finish_reason
     assert (actual.text, actual.token_ids) == (expected.text, expected.token_ids)
     assert spec.stats()["mean_accepted_length"] > 4  # tokens after the stop were accepted, then dropped
+
+
+def test_prefix_cache_hits_with_speculation(tiny_model_dirs: dict[str, Path], unrelated_draft_dir: Path) -> None:
+    target = str(tiny_model_dirs["llama"])
+    shared = list(range(40, 70))  # 30 tokens: 7 full blocks of 4 shared by every prompt
+    prompts = [shared + [5], shared + [6, 7], shared + [5]]
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    plain = LLM(target, num_kv_blocks=256, block_size=4, enable_prefix_caching=False)
+    expected = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
+    for draft in (target, str(unrelated_draft_dir)):
+        spec = LLM(target, draft_model=draft, speculation_mode="fixed", num_kv_blocks=256, block_size=4)
+        first = spec.generate(prompts[:1], greedy, use_tqdm=False)
+        rest = spec.generate(prompts[1:], greedy, use_tqdm=False)
+        assert all(o.num_cached_tokens >= 28 for o in rest), "later prompts should hit the cached prefix"
+        assert [o.outputs[0].token_ids for o in first + rest] == expected
