@@ -104,6 +104,9 @@ def _add_serve(commands: Any) -> None:
                              "`<|assistant|>\\n` (shown below).")
     server.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                         help="Largest request body; larger ones get 413 (default: %(default)s).")
+    server.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                        help="On SIGTERM, seconds in-flight requests get to finish before they are aborted "
+                             "(new requests get 503 meanwhile); then the process exits 0 (default: %(default)s).")
     server.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="Seconds between status log lines, written only when something happened; "
                              "0 turns them off (default: %(default)s).")
@@ -126,15 +129,17 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     config = ServerConfig(served_model_name=args.served_model_name or args.model or EMBEDDED_MODEL_NAME,
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                           chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes)
-    _run_async(_serve(engine_kwargs(args), config, args.host, args.port, args.log_interval))
+    _run_async(_serve(engine_kwargs(args), config, args.host, args.port, args.log_interval,
+                      args.shutdown_timeout))
     return 0
 
 
-async def _serve(kwargs: dict[str, Any], config: Any, host: str, port: int, log_interval_s: float) -> None:
+async def _serve(kwargs: dict[str, Any], config: Any, host: str, port: int, log_interval_s: float,
+                 shutdown_timeout_s: float) -> None:
     from helix.engine import AsyncEngine
     from helix.frontend.server import serve
 
-    await serve(AsyncEngine(**kwargs), config, host, port, log_interval_s)
+    await serve(AsyncEngine(**kwargs), config, host, port, log_interval_s, shutdown_timeout_s)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:

@@ -2,13 +2,16 @@
 
 Runners must be made with `make_runner`: it turns on handler cancellation, so
 a client that disconnects cancels its handler, which aborts its engine
-requests (aiohttp leaves handlers running by default).
+requests (aiohttp leaves handlers running by default). On SIGTERM `serve`
+stops admission, drains for --shutdown-timeout, then cancels the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import time
 
 import msgspec
 from aiohttp import web
@@ -23,6 +26,7 @@ from helix.frontend.state import STATE, ServerConfig, ServerState
 from helix.frontend.status_log import log_status
 
 logger = logging.getLogger(__name__)
+_CLEANUP_GRACE_S = 0.5
 
 ENDPOINTS: list[Endpoint] = [*routes_completions.ENDPOINTS, *routes_chat.ENDPOINTS, *routes_tokens.ENDPOINTS,
                              *routes_misc.ENDPOINTS, *openapi.ENDPOINTS]
@@ -42,20 +46,49 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> web.Application:
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(app, handler_cancellation=True)
+    # `serve` drains in-flight requests itself before cleanup, so cleanup
+    # cancels whatever is left at once instead of waiting aiohttp's 60 s.
+    return web.AppRunner(app, handler_cancellation=True, shutdown_timeout=_CLEANUP_GRACE_S)
 
 
-async def serve(engine: AsyncEngine, config: ServerConfig, host: str, port: int, log_interval_s: float) -> None:
-    """Serve until cancelled, then close the server and shut the engine down."""
-    runner = make_runner(build_app(engine, config))
+async def serve(engine: AsyncEngine, config: ServerConfig, host: str, port: int, log_interval_s: float,
+                shutdown_timeout_s: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully:
+    refuse new requests with 503, give in-flight ones `shutdown_timeout_s` to
+    finish, abort the rest (handler cancellation aborts their engine requests),
+    and shut the engine down."""
+    app = build_app(engine, config)
+    runner = make_runner(app)
     await runner.setup()
     status = asyncio.create_task(log_status(engine.stats, log_interval_s)) if log_interval_s > 0 else None
+    stop = asyncio.Event()
+    _on_signals(stop)
     try:
         await web.TCPSite(runner, host, port).start()
         logger.info("serving %r on http://%s:%d", config.served_model_name, host, port)
-        await asyncio.Event().wait()
+        await stop.wait()
+        await _drain(app[STATE], shutdown_timeout_s)
     finally:
         if status is not None:
             status.cancel()
         await runner.cleanup()
         await engine.shutdown()
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signal_number, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            return
+
+
+async def _drain(state: ServerState, timeout_s: float) -> None:
+    state.draining = True
+    logger.info("shutting down: waiting up to %.0f s for %d requests in flight", timeout_s, state.in_flight)
+    deadline = time.monotonic() + timeout_s
+    while state.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.in_flight:
+        logger.info("aborting %d requests still in flight", state.in_flight)

@@ -41,6 +41,7 @@ class ServerState:
         self.vocab_size: int = engine.core.arch.vocab_size
         self.created = int(time.time())
         self.in_flight = 0  # generation requests admitted and not yet finished
+        self.draining = False  # shutting down: admit nothing new, let in-flight requests finish
         self.metrics = ServerMetrics(engine.stats, lambda: self.in_flight)
 
     def check_model(self, model: str | None) -> None:
@@ -56,6 +57,8 @@ class ServerState:
     def admit(self) -> Iterator[None]:
         """Hold one of `max_queued_requests` places for a generation request, or refuse with 503."""
         self.check_running()
+        if self.draining:
+            raise service_unavailable("server is shutting down", retry_after_s=self.config.retry_after_s)
         if self.in_flight >= self.config.max_queued_requests:
             raise service_unavailable(f"server is busy: {self.in_flight} requests in flight (limit "
                                       f"{self.config.max_queued_requests}); retry later",
