@@ -129,26 +129,24 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     config = ServerConfig(served_model_name=args.served_model_name or args.model or EMBEDDED_MODEL_NAME,
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                           chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes)
-    _run_async(_serve(engine_kwargs(args), config, args.host, args.port, args.log_interval,
-                      args.shutdown_timeout))
-    return 0
+    return _run_async(_serve(engine_kwargs(args), config, args.host, args.port, args.log_interval,
+                             args.shutdown_timeout))
 
 
 async def _serve(kwargs: dict[str, Any], config: Any, host: str, port: int, log_interval_s: float,
-                 shutdown_timeout_s: float) -> None:
+                 shutdown_timeout_s: float) -> int:
     from helix.engine import AsyncEngine
     from helix.frontend.server import serve
 
-    await serve(AsyncEngine(**kwargs), config, host, port, log_interval_s, shutdown_timeout_s)
+    return await serve(AsyncEngine(**kwargs), config, host, port, log_interval_s, shutdown_timeout_s)
 
 
-def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 # -- helix generate ---------------------------------------------------------------------

@@ -37,6 +37,7 @@ class AsyncEngine:
         self._loop_task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self.dead_error: BaseException | None = None
+        self.died = asyncio.Event()  # set once the step loop has failed
 
     @property
     def tokenizer(self) -> Any:
@@ -122,6 +123,7 @@ class AsyncEngine:
 
     def _die(self, error: BaseException) -> None:
         self.dead_error = error
+        self.died.set()
         dead = EngineDeadError(f"engine step failed: {type(error).__name__}: {error}")
         for stream in self._streams.values():
             stream.put_nowait(dead)

@@ -52,11 +52,13 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def serve(engine: AsyncEngine, config: ServerConfig, host: str, port: int, log_interval_s: float,
-                shutdown_timeout_s: float = 30.0) -> None:
+                shutdown_timeout_s: float = 30.0) -> int:
     """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully:
     refuse new requests with 503, give in-flight ones `shutdown_timeout_s` to
     finish, abort the rest (handler cancellation aborts their engine requests),
-    and shut the engine down."""
+    and shut the engine down. Returns the process exit status: 0 after a
+    signal, 1 when the engine died (its requests have already failed; a
+    supervisor should restart the process)."""
     app = build_app(engine, config)
     runner = make_runner(app)
     await runner.setup()
@@ -66,8 +68,15 @@ async def serve(engine: AsyncEngine, config: ServerConfig, host: str, port: int,
     try:
         await web.TCPSite(runner, host, port).start()
         logger.info("serving %r on http://%s:%d", config.served_model_name, host, port)
-        await stop.wait()
+        signalled, died = asyncio.create_task(stop.wait()), asyncio.create_task(engine.died.wait())
+        await asyncio.wait((signalled, died), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        died.cancel()
+        if engine.died.is_set():
+            logger.error("engine died (%s); exiting with status 1", engine.dead_error)
+            return 1
         await _drain(app[STATE], shutdown_timeout_s)
+        return 0
     finally:
         if status is not None:
             status.cancel()

@@ -110,3 +110,31 @@ async def test_serve_runs_until_cancelled(tiny_model_dirs: dict[str, Path], capl
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in record.getMessage() for record in caplog.records)
+
+
+async def test_serve_exits_1_when_the_engine_dies(tiny_model_dirs: dict[str, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = make_engine(tiny_model_dirs["llama"], num_kv_blocks=64)
+
+    def broken_step(_step):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(engine.core.runner, "execute", broken_step)
+    task = asyncio.create_task(serve(engine, ServerConfig("tiny"), "127.0.0.1", port, log_interval_s=0))
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        async def healthy() -> bool:
+            try:
+                async with http.get(base + "/health") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        assert await wait_for(healthy)
+        async with http.post(base + "/v1/completions", json={"prompt": "hi", "max_tokens": 5}) as response:
+            assert response.status == 503
+            assert "injected fault" in (await response.json())["error"]["message"]
+    assert await asyncio.wait_for(task, 30) == 1
