@@ -30,6 +30,7 @@ Prints markdown tables and writes attention_bench.json under $OUT when set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -109,14 +110,14 @@ def graph_time_us(batch: Batch, calls: int, **kwargs) -> float:
     return ms * 1e3 / calls
 
 
-VARIANTS = {  # name: module tunables to set (defaults restored after each)
+VARIANTS = {  # name: LaunchTuning fields that differ from the default
     "default": {},
-    "general path": {"DECODE_PATH": False},
-    "no split": {"NO_SPLIT_BELOW": 1 << 60},
-    "splits>=256 keys": {"MIN_SPLIT_KEYS": 256},
-    "4 programs/SM": {"PROGRAMS_PER_SM": 4, "MAX_SPLITS": 128},
-    "BLOCK_N 32": {"BLOCK_N": 32, "MIN_SPLIT_KEYS": 32},
-    "BLOCK_N 128": {"BLOCK_N": 128},
+    "general path": {"decode_path": False},
+    "no split": {"no_split_below": 1 << 60},
+    "splits>=256 keys": {"min_split_keys": 256},
+    "4 programs/SM": {"programs_per_sm": 4, "max_splits": 128},
+    "BLOCK_N 32": {"block_n": 32, "min_split_keys": 32},
+    "BLOCK_N 128": {"block_n": 128},
 }
 
 
@@ -124,15 +125,9 @@ def sweep_decode(batch: Batch, meta, calls: int) -> dict[str, float]:
     """Graph time of the decode kernel under each variant of the launch tunables."""
     results = {}
     for name, settings in VARIANTS.items():
-        saved = {k: getattr(tri, k) for k in settings}
-        for k, v in settings.items():
-            setattr(tri, k, v)
-        try:
-            splits = tri.choose_launch(meta, HEADS, KV_HEADS, HEAD_DIM, DTYPE, CUDA)["num_splits"]
-            results[f"{name} (s{splits})"] = graph_time_us(batch, calls)
-        finally:
-            for k, v in saved.items():
-                setattr(tri, k, v)
+        tuning = dataclasses.replace(tri.DEFAULT_TUNING, **settings)
+        splits = tri.choose_launch(meta, HEADS, KV_HEADS, HEAD_DIM, DTYPE, CUDA, tuning=tuning)["num_splits"]
+        results[f"{name} (s{splits})"] = graph_time_us(batch, calls, tuning=tuning)
     return results
 
 

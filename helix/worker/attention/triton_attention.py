@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -70,21 +71,29 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
 _MAX_GROUP = 64
-# Launch tunables (module globals, read at every call; the benchmark sweeps
-# them). Split-KV aims for PROGRAMS_PER_SM programs per multiprocessor, gives
-# each split at least MIN_SPLIT_KEYS keys (one key tile), and never splits when
-# the longest context is under NO_SPLIT_BELOW keys (the merge costs more than it
-# saves there). Measured on an H200, TinyLlama shape, batch-1 decode: 64-key
-# splits beat 256-key splits by 1.7x at 1k context and 1.3x at 4k.
-PROGRAMS_PER_SM = 2
-MIN_SPLIT_KEYS = 64
-NO_SPLIT_BELOW = 256
-MAX_SPLITS = 64
-# Key tile; None: 64 (32 for fp32 or head_dim > 128). 128 measured up to 20%
-# faster for head_dim-64 decode on an H200 (equal at 1k context), but is not
-# yet the default: the correctness suite ran with 64.
-BLOCK_N = None
-DECODE_PATH = True  # False routes decode batches through the general kernel
+
+
+@dataclass(frozen=True)
+class LaunchTuning:
+    """Launch heuristics. Split-KV aims for `programs_per_sm` programs per
+    multiprocessor, gives each split at least `min_split_keys` keys (one key
+    tile), and never splits when the longest context is under `no_split_below`
+    keys (the merge costs more than it saves there). Measured on an H200,
+    TinyLlama shape, batch-1 decode: 64-key splits beat 256-key splits by 1.7x
+    at 1k context and 1.3x at 4k. `block_n` is the key tile (None: 64, or 32
+    for fp32 and head_dim > 128); 128 measured up to 20% faster for
+    head_dim-64 decode on an H200 but the correctness suite runs with 64.
+    `decode_path` False routes decode batches through the general kernel."""
+
+    programs_per_sm: int = 2
+    min_split_keys: int = 64
+    no_split_below: int = 256
+    max_splits: int = 64
+    block_n: int | None = None
+    decode_path: bool = True
+
+
+DEFAULT_TUNING = LaunchTuning()
 _LOG2E = 1.4426950408889634
 
 
@@ -321,15 +330,15 @@ def paged_attention(query: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
 
 
 def choose_launch(meta: AttentionMetadata, num_heads: int, num_kv_heads: int, head_dim: int,
-                  dtype: torch.dtype, device: torch.device,
-                  num_splits: int | None = None) -> dict[str, int | bool]:
+                  dtype: torch.dtype, device: torch.device, num_splits: int | None = None,
+                  tuning: LaunchTuning = DEFAULT_TUNING) -> dict[str, int | bool]:
     """The launch configuration, from host metadata only (no device reads)."""
     group = num_heads // num_kv_heads
     group_p = _next_pow2(group)
     dim_p = max(16, _next_pow2(head_dim))
     q_lens = [b - a for a, b in zip(meta.query_start_loc_host, meta.query_start_loc_host[1:])]
     max_q_len = max(q_lens, default=0)
-    decode = max_q_len <= 1 and DECODE_PATH
+    decode = max_q_len <= 1 and tuning.decode_path
     fp32 = dtype == torch.float32
     max_rows = 64 if (dim_p > 128 or fp32) else 128
     if decode:
@@ -337,7 +346,7 @@ def choose_launch(meta: AttentionMetadata, num_heads: int, num_kv_heads: int, he
     else:
         block_q = max(1, min(_next_pow2(max(1, max_q_len)), max_rows // group_p))
     block_m = max(16, block_q * group_p)
-    block_n = BLOCK_N or (32 if (dim_p > 128 or fp32) else 64)
+    block_n = tuning.block_n or (32 if (dim_p > 128 or fp32) else 64)
     if decode:
         grid_q = meta.num_seqs
         active = sum(1 for n in q_lens if n > 0)
@@ -348,9 +357,10 @@ def choose_launch(meta: AttentionMetadata, num_heads: int, num_kv_heads: int, he
         max_ctx = max(meta.seq_lens_host, default=0)
         programs = max(1, active * num_kv_heads)
         index = device.index if device.index is not None else 0
-        want = -(-PROGRAMS_PER_SM * _num_sms(index) // programs)
-        cap = max(1, max_ctx // max(MIN_SPLIT_KEYS, block_n)) if max_ctx >= NO_SPLIT_BELOW else 1
-        num_splits = min(want, cap, MAX_SPLITS)
+        want = -(-tuning.programs_per_sm * _num_sms(index) // programs)
+        cap = (max(1, max_ctx // max(tuning.min_split_keys, block_n)) if max_ctx >= tuning.no_split_below
+               else 1)
+        num_splits = min(want, cap, tuning.max_splits)
         # Round down to a power of two: fewer distinct merge kernels to compile.
         num_splits = 1 << (max(1, num_splits).bit_length() - 1)
     num_warps = 8 if block_m * dim_p >= 128 * 128 else 4
@@ -361,7 +371,7 @@ def choose_launch(meta: AttentionMetadata, num_heads: int, num_kv_heads: int, he
 
 def paged_attention_into(query: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
                          sliding_window: int | None = None, *, out: torch.Tensor,
-                         num_splits: int | None = None) -> torch.Tensor:
+                         num_splits: int | None = None, tuning: LaunchTuning = DEFAULT_TUNING) -> torch.Tensor:
     """`paged_attention` writing into `out` ([num_tokens, num_heads, head_dim],
     query's dtype). `num_splits` pins the split-KV factor (None: chosen from
     the host metadata). Returns `out`."""
@@ -374,7 +384,7 @@ def paged_attention_into(query: torch.Tensor, kv_cache: torch.Tensor, meta: Atte
     if query.stride(-1) != 1:
         query = query.contiguous()
     num_kv_heads = kv_cache.shape[3]
-    cfg = choose_launch(meta, num_heads, num_kv_heads, head_dim, query.dtype, query.device, num_splits)
+    cfg = choose_launch(meta, num_heads, num_kv_heads, head_dim, query.dtype, query.device, num_splits, tuning)
     splits = cfg["num_splits"]
     split = splits > 1
     if split:
