@@ -80,23 +80,28 @@ def test_status_line_only_when_something_happened() -> None:
         ", acceptance 75.0%")
 
 
-async def test_serve_runs_until_cancelled(tiny_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+async def is_healthy(http: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with http.get(base + "/health") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_serve_runs_until_cancelled(tiny_model_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
     engine = make_engine(tiny_model_dirs["llama"], num_kv_blocks=64)
     caplog.set_level(logging.INFO, logger="helix.serve")
     task = asyncio.create_task(serve(engine, ServerConfig("tiny"), "127.0.0.1", port, log_interval_s=0.05))
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        async def healthy() -> bool:
-            try:
-                async with http.get(base + "/health") as response:
-                    return response.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        assert await wait_for(healthy)
+        assert await wait_for(lambda: is_healthy(http, base))
         async with http.post(base + "/v1/completions", json={"prompt": "hi", "max_tokens": 40,
                                                              "ignore_eos": True}) as response:
             assert response.status == 200
@@ -114,9 +119,7 @@ async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
 
 async def test_serve_exits_1_when_the_engine_dies(tiny_model_dirs: dict[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     engine = make_engine(tiny_model_dirs["llama"], num_kv_blocks=64)
 
     def broken_step(_step):
@@ -126,14 +129,7 @@ async def test_serve_exits_1_when_the_engine_dies(tiny_model_dirs: dict[str, Pat
     task = asyncio.create_task(serve(engine, ServerConfig("tiny"), "127.0.0.1", port, log_interval_s=0))
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        async def healthy() -> bool:
-            try:
-                async with http.get(base + "/health") as response:
-                    return response.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        assert await wait_for(healthy)
+        assert await wait_for(lambda: is_healthy(http, base))
         async with http.post(base + "/v1/completions", json={"prompt": "hi", "max_tokens": 5}) as response:
             assert response.status == 503
             assert "injected fault" in (await response.json())["error"]["message"]
