@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from helix.frontend.errors import from_decode_error
+from helix.frontend.errors import bad_request, from_decode_error
 from helix.frontend.protocol import encode
 
 T = TypeVar("T")
@@ -38,6 +38,8 @@ async def read_body(request: web.Request, body_type: type[T]) -> T:
         return msgspec.json.decode(raw, type=body_type)
     except msgspec.MsgspecError as error:
         raise from_decode_error(error) from None
+    except RecursionError:  # msgspec skips unknown fields recursively: absurd nesting ends here
+        raise bad_request("invalid request body: JSON nested too deeply", None) from None
 
 
 def json_response(value: msgspec.Struct, status: int = 200) -> web.Response:

@@ -106,8 +106,12 @@ async def test_chat_validation(server: Server, http: aiohttp.ClientSession, body
     assert_error(status, payload, 400, fragment)
 
 
+DEEP = 200_000  # nesting far past any recursion limit
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'"text"', b"\xff\xfe", b'{"prompt": "\\ud800"}',
-                                 b'{"prompt": "hi", "temperature": 1e999}', b'{"prompt": "hi", "top_p": NaN}'])
+                                 b'{"prompt": "hi", "temperature": 1e999}', b'{"prompt": "hi", "top_p": NaN}',
+                                 b"[" * DEEP, b'{"prompt": ' + b"[" * DEEP,
+                                 b'{"prompt": "hi", "unknown": ' + b"[" * DEEP + b"]" * DEEP + b"}"],
+                         ids=lambda raw: repr(raw[:24]))
 async def test_malformed_bodies(server: Server, http: aiohttp.ClientSession, raw: bytes) -> None:
     status, _, payload = await call(http, server.url("/v1/completions"), raw=raw)
     assert_error(status, payload, 400, "invalid request body")
