@@ -55,13 +55,14 @@ class OutputProcessor:
 
     def process(self, updates: list[RequestUpdate]) -> list[RequestOutput]:
         touched: dict[str, RequestOutput] = {}
-        for state in self._parents.values():
-            for completion in state.output.outputs:
-                completion.delta_text, completion.delta_token_ids = "", []
         for update in updates:
             parent_id = self._parent_of.get(update.request.request_id)
-            if parent_id is not None:
-                touched[parent_id] = self._apply(self._parents[parent_id], update)
+            if parent_id is None:
+                continue
+            state = self._parents[parent_id]
+            if parent_id not in touched:  # deltas hold what this step added
+                _clear_deltas(state.output)
+            touched[parent_id] = self._apply(state, update)
         for parent_id, output in touched.items():
             if output.finished:
                 self._forget(parent_id)
@@ -72,8 +73,8 @@ class OutputProcessor:
         state = self._parents.get(parent_id)
         if state is None:
             return None
+        _clear_deltas(state.output)
         for completion in state.output.outputs:
-            completion.delta_text, completion.delta_token_ids = "", []
             if completion.finish_reason is None:
                 completion.finish_reason = FinishReason.ABORT.value
         self._forget(parent_id)
@@ -112,3 +113,8 @@ class OutputProcessor:
         state = self._parents.pop(parent_id)
         for child_id in state.child_index:
             self._parent_of.pop(child_id, None)
+
+
+def _clear_deltas(output: RequestOutput) -> None:
+    for completion in output.outputs:
+        completion.delta_text, completion.delta_token_ids = "", []

@@ -31,10 +31,6 @@ class BlockPool:
     def num_free_blocks(self) -> int:
         return len(self._free)
 
-    @property
-    def num_cached_blocks(self) -> int:
-        return len(self._hash_of_block)
-
     def ref_count(self, block_id: int) -> int:
         return self._ref_counts[block_id]
 

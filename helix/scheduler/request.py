@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from helix.sampling_params import SamplingParams
 
@@ -87,7 +88,17 @@ class Request:
     def wants_prompt_logprobs(self) -> bool:
         return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
 
-    def token_at(self, position: int) -> int:
-        if position < len(self.prompt_token_ids):
-            return self.prompt_token_ids[position]
-        return self.output_token_ids[position - len(self.prompt_token_ids)]
+    @cached_property
+    def stop_token_set(self) -> frozenset[int]:
+        """Tokens that end the request (once min_tokens is reached): stop_token_ids, and EOS unless ignored."""
+        eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
+        return frozenset(self.params.stop_token_ids) | eos
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Tokens at positions [start, end), without building all_token_ids (hot path)."""
+        num_prompt = len(self.prompt_token_ids)
+        if end <= num_prompt:
+            return self.prompt_token_ids[start:end]
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt:end - num_prompt]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - num_prompt]

@@ -272,11 +272,8 @@ class Scheduler:
     def _stop_reason(self, request: Request, token_id: int) -> FinishReason | None:
         num_output = len(request.output_token_ids)
         params = request.params
-        if num_output >= params.min_tokens:
-            if token_id in params.stop_token_ids:
-                return FinishReason.STOP
-            if not params.ignore_eos and token_id in request.eos_token_ids:
-                return FinishReason.STOP
+        if num_output >= params.min_tokens and token_id in request.stop_token_set:
+            return FinishReason.STOP
         if num_output >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH
         return None

@@ -69,9 +69,9 @@ class ModelRunner:
         for item in scheduled:
             request = item.request
             if item.num_spec_tokens:
-                tokens = [request.all_token_ids[item.start]] + drafts.get(request.request_id, [])
+                tokens = request.token_ids(item.start, item.start + 1) + drafts.get(request.request_id, [])
             else:
-                tokens = request.all_token_ids[item.start:item.start + item.num_new_tokens]
+                tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
         if self.decode_graphs is not None:
@@ -126,8 +126,7 @@ class ModelRunner:
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids + list(extra_tokens) if extra_tokens
             else request.output_token_ids,
-            stop_ids_before_min=(frozenset(params.stop_token_ids)
-                                 | (frozenset() if params.ignore_eos else request.eos_token_ids)),
+            stop_ids_before_min=request.stop_token_set,
             generator=self._generator_for(request.request_id, params.seed),
         )
 

@@ -72,10 +72,10 @@ class DraftModelProposer:
             request = item.request
             start = request.num_draft_computed_tokens
             spans.append(SequenceSpan(item.block_table, start, request.num_tokens - start))
-            token_ids.extend(request.all_token_ids[start:])
+            token_ids.extend(request.token_ids(start, request.num_tokens))
         for item in mirrored:
             spans.append(SequenceSpan(item.block_table, item.start, item.num_new_tokens))
-            token_ids.extend(item.request.all_token_ids[item.start:item.start + item.num_new_tokens])
+            token_ids.extend(item.request.token_ids(item.start, item.start + item.num_new_tokens))
             proposals.draft_computed[item.request.request_id] = item.start + item.num_new_tokens
         hidden, last_rows = self._forward(spans, token_ids)
         proposals.num_passes += 1
