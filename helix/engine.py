@@ -27,6 +27,11 @@ class EngineDeadError(RuntimeError):
     """The step loop failed; the engine serves no more requests."""
 
 
+class RequestFailedError(RuntimeError):
+    """The engine failed this one request (e.g. out of memory in its step) and
+    carries on serving the others."""
+
+
 class AsyncEngine:
     def __init__(self, model: str | None = None, **kwargs: Any):
         self.core = EngineCore(EngineArgs.from_kwargs(model=model, **kwargs))
@@ -71,6 +76,8 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
+                if item.error is not None:
+                    raise RequestFailedError(item.error)
                 yield item
         finally:
             self._streams.pop(request_id, None)

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from helix.block_manager.kv_cache_manager import KVCacheManager
@@ -24,7 +25,7 @@ from helix.outputs import RequestOutput
 from helix.sampling_params import SamplingParams
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import RequestUpdate, SchedulerOutput
-from helix.scheduler.request import Request
+from helix.scheduler.request import FinishReason, Request
 from helix.scheduler.scheduler import Scheduler
 from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
 from helix.worker.cuda_graphs import DecodeGraphSpec
@@ -146,11 +147,33 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         finished_by_abort = self._apply_pending()
         scheduled = self.scheduler.schedule()
-        model_output = self.runner.execute(scheduled)
+        try:
+            model_output = self.runner.execute(scheduled)
+        except torch.OutOfMemoryError as error:
+            return finished_by_abort + self._fail_out_of_memory(scheduled, error)
         updates = self.scheduler.update_from_output(scheduled, model_output)
         outputs = self.outputs.process(updates)
         self._count(scheduled, updates, outputs)
         return finished_by_abort + outputs
+
+    def _fail_out_of_memory(self, scheduled: SchedulerOutput, error: torch.OutOfMemoryError) -> list[RequestOutput]:
+        """Fail the request with the largest share of the step. The others run the
+        same tokens again next step: counters only move in update_from_output, and
+        the slots reserved for this step stay theirs. A step that runs out of
+        memory again fails its next largest request, so the engine progresses."""
+        culprit = max(scheduled.scheduled, key=lambda s: (s.num_new_tokens, s.request.arrival_index)).request
+        logger.warning("out of memory in a step of %d tokens; failing request %s (%d tokens in the step): %s",
+                       scheduled.num_batched_tokens, culprit.request_id, culprit.num_tokens, error)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        parent_id = self.outputs.parent_id(culprit.request_id)
+        if parent_id is None:
+            return []
+        for child_id in self.outputs.child_ids(parent_id):
+            self.scheduler.finish(child_id, FinishReason.ERROR)
+        output = self.outputs.fail(parent_id, "out of memory while running this request; retry later, "
+                                              "or with a shorter prompt or fewer tokens")
+        return [output] if output is not None else []
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or not self._pending.empty()

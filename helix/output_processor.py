@@ -68,15 +68,26 @@ class OutputProcessor:
                 self._forget(parent_id)
         return [output.snapshot() for output in touched.values()]
 
+    def parent_id(self, child_id: str) -> str | None:
+        return self._parent_of.get(child_id)
+
     def abort(self, parent_id: str) -> RequestOutput | None:
         """Mark every unfinished completion aborted and forget the request."""
+        return self._end(parent_id, FinishReason.ABORT, None)
+
+    def fail(self, parent_id: str, error: str) -> RequestOutput | None:
+        """Mark every unfinished completion failed with `error` and forget the request."""
+        return self._end(parent_id, FinishReason.ERROR, error)
+
+    def _end(self, parent_id: str, reason: FinishReason, error: str | None) -> RequestOutput | None:
         state = self._parents.get(parent_id)
         if state is None:
             return None
         _clear_deltas(state.output)
         for completion in state.output.outputs:
             if completion.finish_reason is None:
-                completion.finish_reason = FinishReason.ABORT.value
+                completion.finish_reason = reason.value
+        state.output.error = error
         self._forget(parent_id)
         return state.output.snapshot()
 

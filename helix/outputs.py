@@ -43,6 +43,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # why the engine failed the request (finish_reason "error")
 
     @property
     def finished(self) -> bool:

@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from helix.engine import EngineDeadError
+from helix.engine import EngineDeadError, RequestFailedError
 from helix.frontend.protocol import ErrorBody, ErrorResponse, encode
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _http_error_message(error: web.HTTPException, request: web.Request) -> str:
 
 def engine_error(error: Exception) -> APIError | None:
     """The API error for an exception from the engine, or None if it is a bug."""
-    if isinstance(error, EngineDeadError):
+    if isinstance(error, (EngineDeadError, RequestFailedError)):
         return service_unavailable(str(error))
     if isinstance(error, ValueError):
         return from_value_error(error)

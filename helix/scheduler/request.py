@@ -27,6 +27,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+    ERROR = "error"  # the engine failed this request (e.g. out of memory in its step)
 
 
 @dataclass(frozen=True)
