@@ -110,6 +110,9 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="Seconds between status log lines, written only when something happened; "
                              "0 turns them off (default: %(default)s).")
+    server.add_argument("--benchmark-mode", action="store_true",
+                        help="Allow benchmark-only engine options (--spec-synthetic-acceptance), whose outputs "
+                             "are not the model's.")
     add_engine_flags(serve)
     serve.set_defaults(run=_run_serve)
 
@@ -121,6 +124,9 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.model_arg is not None and args.model is not None and args.model_arg != args.model:
         parser.error(f"two models given: MODEL {args.model_arg!r} and --model {args.model!r}")
     args.model = args.model or args.model_arg
+    if args.spec_synthetic_acceptance is not None and not args.benchmark_mode:
+        parser.error("--spec-synthetic-acceptance is benchmark-only (outputs are not the model's); "
+                     "add --benchmark-mode to allow it")
     if args.chat_template is not None:
         try:
             ChatTemplate.resolve(None, args.chat_template)

@@ -29,6 +29,10 @@ class EngineArgs:
     speculative_method: str | None = _option(None, "draft | ngram (prompt lookup, no draft model); default: draft when a draft model is given.")
     speculation_mode: str = _option("adaptive", "adaptive (K per step from acceptance and load) | fixed (always K).")
     speculation_token_budget: int | None = _option(None, "Verify tokens per step past which drafts are dropped; default: 256 on CUDA, 64 elsewhere.")
+    spec_synthetic_acceptance: float | None = _option(
+        None, "Benchmark only: accept each draft token by a seeded coin of this probability instead of by the "
+              "target's distribution; every draft and verify pass still runs, but the output is not the model's. "
+              "`helix serve` refuses it without --benchmark-mode.")
     device: str = _option("auto", "auto | cuda | cpu | directml.")
     dtype: str = _option("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU, fp16 on DirectML).")
     load_format: str = _option("auto", "auto (safetensors) | dummy (random weights at the model's shape).")

@@ -36,6 +36,8 @@ from helix.worker.models import ArchConfig, LlamaForCausalLM, build_model, model
 from helix.worker.spec_decode.compat import check_draft_compatible
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.ngram_proposer import NgramProposer
+from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 
 logger = logging.getLogger(__name__)
 _RATE_WINDOW_S = 10.0
@@ -67,7 +69,7 @@ class EngineCore:
         self.graphs = None if args.enforce_eager else DecodeGraphSpec(args.max_num_seqs, self.max_model_len)
         proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
-                                  self.dtype, args.seed, proposer, self.graphs)
+                                  self.dtype, args.seed, proposer, self.graphs, self._acceptance())
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
@@ -104,6 +106,16 @@ class EngineCore:
             block_bytes += bytes_per_block(draft.arch, self.args.block_size, self.dtype)
         num_gpu_blocks = num_blocks_for_budget(self.cache_config, block_bytes, self.device)
         return num_gpu_blocks, num_swap_blocks(self.args.swap_space, num_gpu_blocks, block_bytes)
+
+    def _acceptance(self) -> AcceptFn:
+        rate = self.args.spec_synthetic_acceptance
+        if rate is None:
+            return rejection_sample
+        if not self.speculation.enabled:
+            raise ValueError("spec_synthetic_acceptance: needs speculative decoding (a draft model or ngram)")
+        logger.warning("benchmark mode: draft tokens are accepted by a coin of probability %.2f, not by the "
+                       "model; outputs are not the model's", rate)
+        return SyntheticAcceptance(rate, self.args.seed)
 
     def _proposer(self, draft: LlamaForCausalLM | None, num_gpu_blocks: int,
                   num_cpu_blocks: int) -> DraftModelProposer | NgramProposer | None:
@@ -245,6 +257,7 @@ class EngineCore:
             "acceptance_rate": counters.acceptance_rate,
             "mean_accepted_length": counters.mean_accepted_length,
             "draft_cost_ratio": self.scheduler.speculation.cost_ratio if self.scheduler.speculation else 0.0,
+            "spec_synthetic_acceptance": self.args.spec_synthetic_acceptance or 0.0,
             **per_position,
         }
 

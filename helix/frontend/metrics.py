@@ -74,6 +74,9 @@ def _speculation_metrics(s: Mapping[str, float | int]) -> Iterator[Metric]:
         if key.startswith("acceptance_rate_position_"):
             per_position.add_metric([key.rsplit("_", 1)[1]], value)
     yield per_position
+    yield GaugeMetricFamily("helix:spec_decode_synthetic_acceptance",
+                            "Benchmark mode: the coin probability that decides acceptance instead of the model "
+                            "(0 = off, acceptance is real).", s["spec_synthetic_acceptance"])
 
 
 class ServerMetrics:

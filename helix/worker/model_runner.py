@@ -25,14 +25,15 @@ from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
-from helix.worker.spec_decode.rejection_sampler import rejection_sample
+from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
 
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None,
-                 graphs: DecodeGraphSpec | None = None):
+                 graphs: DecodeGraphSpec | None = None, accept: AcceptFn = rejection_sample):
         self.model = model
+        self.accept = accept  # decides which drafts a verify keeps
         self.block_size = block_size
         self.device = device
         self.proposer = proposer
@@ -110,7 +111,7 @@ class ModelRunner:
             drafts = proposal.token_ids
             logits = self.model.compute_logits(hidden[starts[i]:starts[i + 1]])  # [1 + len(drafts), vocab]
             rows = [self._row_for(request, drafts[:position]) for position in range(len(drafts) + 1)]
-            emitted = rejection_sample(drafts, proposal.draft_probs, transform_logits(logits, rows),
+            emitted = self.accept(drafts, proposal.draft_probs, transform_logits(logits, rows),
                                        request.params.greedy, rows[0].generator)
             output.sampled[request.request_id] = emitted
             output.num_proposed[request.request_id] = len(drafts)

@@ -10,9 +10,15 @@ target's argmax, and emit the argmax at the first mismatch.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from helix.worker.sampler import draw
+
+# (draft tokens, draft probs [k, vocab] or None, transformed target logits [k + 1, vocab], greedy, generator)
+# -> emitted tokens
+AcceptFn = Callable[[list[int], torch.Tensor | None, torch.Tensor, bool, torch.Generator | None], list[int]]
 
 
 def residual_distribution(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
