@@ -103,21 +103,29 @@ class ModelRunner:
     def _verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
                 proposals: Proposals, output: ModelOutput) -> None:
         """Speculating requests: accept a prefix of the drafts, then one more token."""
-        for i, item in enumerate(scheduled):
-            request = item.request
-            proposal = proposals.by_request.get(request.request_id)
-            if proposal is None:
-                continue
-            drafts = proposal.token_ids
-            logits = self.model.compute_logits(hidden[starts[i]:starts[i + 1]])  # [1 + len(drafts), vocab]
-            rows = [self._row_for(request, drafts[:position]) for position in range(len(drafts) + 1)]
-            emitted = self.accept(drafts, proposal.draft_probs, transform_logits(logits, rows),
-                                       request.params.greedy, rows[0].generator)
+        verifying = [(i, item, proposals.by_request[item.request.request_id]) for i, item in enumerate(scheduled)
+                     if item.request.request_id in proposals.by_request]
+        if not verifying:
+            return
+        # One lm_head and one transform over every verify row: [sum(1 + len(drafts)), vocab].
+        row_index = torch.cat([torch.arange(starts[i], starts[i + 1]) for i, _, _ in verifying]).to(self.device)
+        logits = self.model.compute_logits(hidden[row_index])
+        rows = [self._row_for(item.request, proposal.token_ids[:position])
+                for _, item, proposal in verifying for position in range(len(proposal.token_ids) + 1)]
+        transformed = transform_logits(logits, rows)
+        first = 0
+        for _, item, proposal in verifying:
+            request, drafts = item.request, proposal.token_ids
+            span = slice(first, first + len(drafts) + 1)
+            first = span.stop
+            emitted = self.accept(drafts, proposal.draft_probs, transformed[span], request.params.greedy,
+                                  rows[span.start].generator)
             output.sampled[request.request_id] = emitted
             output.num_proposed[request.request_id] = len(drafts)
             output.num_accepted[request.request_id] = len(emitted) - 1
             if request.params.logprobs is not None:
-                output.logprobs[request.request_id] = _emitted_logprobs(logits, emitted, request.params.logprobs)
+                output.logprobs[request.request_id] = _emitted_logprobs(logits[span], emitted,
+                                                                        request.params.logprobs)
 
     def _row_for(self, request: Request, extra_tokens: Sequence[int]) -> SamplingRow:
         """Sampling settings at the position after the request's tokens plus `extra_tokens`."""

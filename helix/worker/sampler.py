@@ -96,21 +96,35 @@ def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
     """Pick one token per row. logits: [n, vocab] raw fp32 model logits."""
     transformed = transform_logits(logits, rows)
-    probs = transformed.softmax(dim=-1)
-    token_ids = []
+    return _with_logprobs(logits, rows, choose(transformed, rows).tolist())
+
+
+def choose(transformed: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """[n] chosen token ids, on the logits' device: greedy rows take the argmax;
+    sampled rows draw, batched per generator (all unseeded rows share one), so a
+    step costs a few kernels and no host synchronisation."""
+    chosen = transformed.argmax(dim=-1)
+    by_generator: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
-        if row.params.greedy:
-            token_ids.append(int(transformed[i].argmax()))
-        else:
-            token_ids.append(draw(probs[i], row.generator))
-    return _with_logprobs(logits, rows, token_ids)
+        if not row.params.greedy:
+            by_generator.setdefault(id(row.generator), []).append(i)
+    for indices in by_generator.values():
+        index = torch.tensor(indices, device=transformed.device)
+        probs = transformed[index].softmax(dim=-1)  # [len(indices), vocab]
+        chosen[index] = draw_rows(probs, rows[indices[0]].generator)
+    return chosen
+
+
+def draw_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of `probs` [n, vocab]. Exponential race: argmax(p / E)
+    with E ~ Exp(1) picks index i with probability p_i."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One index from `probs` [vocab]. Exponential race: argmax(p / E) with
-    E ~ Exp(1) picks index i with probability p_i."""
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return int((probs / noise).argmax())
+    """One index from `probs` [vocab] (see `draw_rows`)."""
+    return int(draw_rows(probs.unsqueeze(0), generator)[0])
 
 
 def _with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: list[int]) -> list[SampledToken]:

@@ -20,7 +20,7 @@ from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.sampler import SamplingRow, draw, transform_logits
+from helix.worker.sampler import SamplingRow, choose, transform_logits
 from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
 
 
@@ -104,9 +104,8 @@ class DraftModelProposer:
         rows: list[SamplingRow] = [row_for(item.request, drafts[item.request.request_id]) for item in items]
         transformed = transform_logits(self.model.compute_logits(hidden), rows)  # [len(items), vocab]
         probs = transformed.softmax(dim=-1)
-        for i, (item, row) in enumerate(zip(items, rows)):
+        for i, (item, token) in enumerate(zip(items, choose(transformed, rows).tolist())):
             request_id = item.request.request_id
-            token = int(transformed[i].argmax()) if row.params.greedy else draw(probs[i], row.generator)
             drafts[request_id].append(token)
             q_rows[request_id].append(probs[i])
 
