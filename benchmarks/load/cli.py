@@ -3,9 +3,9 @@
     python -m benchmarks.load --base-url http://127.0.0.1:8000 --num-prompts 200 \\
         --input-len 512 --output-len 128 --request-rate 8 --result-file out.json
 
-Only /v1/models and the streaming /v1/completions or /v1/chat/completions are
-needed; /tokenize (exact token counts) and /metrics (server-side figures) are
-used when the server has them.
+Only /v1/models and /v1/completions or /v1/chat/completions (streaming, unless
+--no-stream) are needed; /tokenize (exact token counts) and /metrics
+(server-side figures) are used when the server has them.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "is dropped).")
     server.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
                         help="/v1/completions or /v1/chat/completions (default: %(default)s).")
+    server.add_argument("--no-stream", action="store_true", help="Ask for whole responses instead of streams "
+                        "(TTFT is then the end-to-end latency, and there is no ITL).")
     server.add_argument("--model", help="Model name to send (default: the first id of GET /v1/models).")
     server.add_argument("--api-key", help="Bearer token (default: $OPENAI_API_KEY if set).")
     server.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S,
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--vocab-size", type=int, help="Random completions prompts: draw token ids from "
                       "[0, N) (default: ids of common words as the server's /tokenize gives them; random words "
                       "when the server has no /tokenize).")
-    data.add_argument("--seed", type=int, default=0, help="Seed of prompts and arrival times (default: %(default)s).")
+    data.add_argument("--seed", type=int, default=0, help="Seed of prompts, arrival times and "
+                      "disconnects (default: %(default)s).")
 
     load = parser.add_argument_group("load")
     load.add_argument("--request-rate", type=parse_rate, default=math.inf,
@@ -95,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, help="Stop sending after this many seconds (prompts are reused).")
     load.add_argument("--sweep", type=parse_rates, metavar="R1,R2,...",
                       help="One run per request rate (overrides --request-rate).")
+    load.add_argument("--disconnect-fraction", type=float, default=0.0, metavar="F",
+                      help="Abandon each request with probability F in [0, 1), picked by --seed: the client "
+                      "closes its connection at a random moment; abandoned requests count as cancelled, neither "
+                      "completed nor failed (default: %(default)s).")
+    load.add_argument("--disconnect-max-delay", type=float, default=1.0, metavar="S",
+                      help="An abandoned request is cancelled a uniform random [0, S) seconds after it was sent, "
+                      "unless it finished first (default: %(default)s).")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float, default=0.0, help="(default: %(default)s)")
@@ -122,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rates = args.sweep or [args.request_rate]
         for rate in args.rates:
             check_arrivals(rate, args.burstiness)
-            check_schedule(LoadSchedule(rate, args.burstiness, args.max_concurrency, args.duration))
+            check_schedule(load_schedule(args, rate))
         for flag in ("num_prompts", "input_len", "output_len", "vocab_size"):
             value = getattr(args, flag)
             if value is not None and value < 1:
@@ -136,6 +146,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except (ValueError, plot.PlotUnavailable) as error:
         parser.error(str(error))
     return args
+
+
+def load_schedule(args: argparse.Namespace, rate: float) -> LoadSchedule:
+    return LoadSchedule(rate, args.burstiness, args.max_concurrency, args.duration, args.seed,
+                        args.disconnect_fraction, args.disconnect_max_delay)
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -156,14 +171,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         _log(f"{len(requests)} prompts ({args.dataset}, {_prompt_form(requests)}{counts[tokenizer.available]}), "
              f"model {model!r}, {base_url}")
         target = Target(base_url, args.endpoint, model, headers)
-        options = RequestOptions(args.temperature, args.ignore_eos, args.extra_body)
+        options = RequestOptions(args.temperature, args.ignore_eos, args.extra_body, stream=not args.no_stream)
         results = []
         for rate in args.rates:
-            schedule = LoadSchedule(rate, args.burstiness, args.max_concurrency, args.duration, args.seed)
+            disconnects = (f", disconnecting {args.disconnect_fraction:g} of requests within "
+                           f"{args.disconnect_max_delay:g} s" if args.disconnect_fraction else "")
             _log(f"request rate {report.format_rate(rate)}, burstiness {args.burstiness}, "
-                 f"max concurrency {args.max_concurrency or 'unlimited'}")
+                 f"max concurrency {args.max_concurrency or 'unlimited'}{disconnects}")
             before = await scrape.scrape(session, base_url, headers)
-            output = await run_load(session, target, requests, options, schedule, progress=not args.disable_tqdm)
+            output = await run_load(session, target, requests, options, load_schedule(args, rate),
+                                    progress=not args.disable_tqdm)
             after = await scrape.scrape(session, base_url, headers) if before is not None else None
             result = build_result(args, model, base_url, rate, output, scrape.summarize(before, after))
             report.print_summary(result)
@@ -198,6 +215,9 @@ def build_result(args: argparse.Namespace, model: str, base_url: str, rate: floa
         "burstiness": args.burstiness,
         "max_concurrency": args.max_concurrency,
         "duration_limit": args.duration,
+        "stream": not args.no_stream,
+        "disconnect_fraction": args.disconnect_fraction,
+        "disconnect_max_delay": args.disconnect_max_delay,
         "goodput_slos_ms": args.slos or None,
     }
     result.update(summarize(output.results, output.duration_s, args.slos, output.peak_concurrency))

@@ -6,7 +6,9 @@ length is 0; std is the population std; percentiles interpolate linearly
 (numpy's default); a statistic of no values is 0. TPOT is counted for
 requests with more than one output token, and for goodput a request with one
 token has TPOT 0. A request is good when each of its TTFT, TPOT and E2E
-latency is at most the SLO given for it (in ms).
+latency is at most the SLO given for it (in ms). Requests the client
+abandoned on purpose (`--disconnect-fraction`) are counted as `cancelled`,
+neither completed nor failed, and add nothing to the figures.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def summarize(results: Sequence[RequestResult], duration_s: float, slos: dict[st
     summary: dict[str, Any] = {
         "duration": duration_s,
         "completed": len(completed),
-        "failed": len(results) - len(completed),
-        "failed_reasons": dict(Counter(r.error_kind for r in results if not r.success)),
+        "failed": sum(r.failed for r in results),
+        "cancelled": sum(r.cancelled for r in results),
+        "failed_reasons": dict(Counter(r.error_kind for r in results if r.failed)),
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,
         "request_throughput": per_second(len(completed)),

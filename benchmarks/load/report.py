@@ -37,6 +37,8 @@ def summary_table(result: dict[str, Any]) -> str:
              _row("Failed requests:", result["failed"])]
     for reason, count in sorted(result.get("failed_reasons", {}).items()):
         lines.append(_row(f"  {reason}:", count))
+    if result.get("cancelled"):
+        lines.append(_row("Cancelled by the client:", result["cancelled"]))
     if result.get("max_concurrency") is not None:
         lines.append(_row("Maximum request concurrency:", result["max_concurrency"]))
     lines += [

@@ -40,6 +40,8 @@ async def read_body(request: web.Request, body_type: type[T]) -> T:
         raise from_decode_error(error) from None
     except RecursionError:  # msgspec skips unknown fields recursively: absurd nesting ends here
         raise bad_request("invalid request body: JSON nested too deeply", None) from None
+    except UnicodeDecodeError:  # raised as is for bytes inside a JSON string that are not UTF-8
+        raise bad_request("invalid request body: a string is not valid UTF-8", None) from None
 
 
 def json_response(value: msgspec.Struct, status: int = 200) -> web.Response:

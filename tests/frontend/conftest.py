@@ -7,6 +7,7 @@ the server are started once; servers with other settings share the engine.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -91,6 +92,12 @@ async def client(server: Server) -> AsyncIterator[AsyncOpenAI]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+def rss_bytes() -> int:
+    """This process's resident memory, from /proc/self/statm."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 async def wait_for(condition, timeout_s: float = 5.0, interval_s: float = 0.02) -> bool:  # noqa: ANN001

@@ -1,64 +1,65 @@
-"""Chaos under load: 500 requests (streaming and not) against a speculating
-server whose KV budget forces swapping and recompute, with about 30% of the
-clients disconnecting at random moments. Afterwards every request that was
-not cancelled has the right token count, every block is free, swap space is
-empty, and nothing is left running."""
+"""Chaos under load: 500 requests from the load client (benchmarks/load),
+streaming and not, greedy and sampled, against a speculating server whose KV
+budget forces swapping and recompute, with about 30% of the clients
+disconnecting at random moments (the client's disconnect mode). Afterwards
+every request that was not cancelled has the right token count, every block
+is free, swap space is empty, and nothing is left running."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 from pathlib import Path
 
 import aiohttp
 
+from benchmarks.load.client import RequestOptions, Target
+from benchmarks.load.datasets import SampleRequest
+from benchmarks.load.runner import LoadSchedule, RunOutput, run_load
+from benchmarks.load.server_api import approx_token_count
+from helix.engine import AsyncEngine
 from helix.engine_args import embedded_model_path
-from tests.frontend.conftest import make_engine, running_server
+from tests.frontend.conftest import MODEL_NAME, make_engine, rss_bytes, running_server
 
 NUM_REQUESTS = 500
 CONCURRENCY = 48
 MAX_TOKENS = 24
+# One run per mix, all at once: (streaming, temperature).
+MIXES = [(stream, temperature) for stream in (True, False) for temperature in (0.0, 1.0)]
+DISCONNECT_FRACTION = 0.3
+DISCONNECT_MAX_DELAY_S = 0.5
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
+def prompts(count: int, seed: int) -> list[SampleRequest]:
+    rng = random.Random(seed)
+    texts = ["ROMEO:\n" * rng.randrange(1, 10) for _ in range(count)]
+    return [SampleRequest(text, approx_token_count(text), MAX_TOKENS) for text in texts]
 
 
-async def one_request(http: aiohttp.ClientSession, url: str, rng: random.Random) -> tuple[str, int | None]:
-    """('done', tokens) or ('cancelled', None); the client may walk away mid-request."""
-    stream = rng.random() < 0.5
-    body = {"model": "tiny-llama", "prompt": "ROMEO:\n" * rng.randrange(1, 10), "max_tokens": MAX_TOKENS,
-            "ignore_eos": True, "temperature": rng.choice([0.0, 1.0]), "stream": stream,
-            "stream_options": {"include_usage": True} if stream else None}
-    if body["stream_options"] is None:
-        del body["stream_options"]
+async def run_mixes(base_url: str) -> list[RunOutput]:
+    """NUM_REQUESTS requests split over the mixes, each mix its own seeded disconnects."""
+    target = Target(base_url, "completions", MODEL_NAME)
+    per_mix = NUM_REQUESTS // len(MIXES)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120), connector=connector) as session:
+        runs = [run_load(session, target, prompts(per_mix, seed),
+                         RequestOptions(temperature, ignore_eos=True, stream=stream),
+                         LoadSchedule(max_concurrency=CONCURRENCY // len(MIXES), seed=seed,
+                                      disconnect_fraction=DISCONNECT_FRACTION,
+                                      disconnect_max_delay_s=DISCONNECT_MAX_DELAY_S),
+                         progress=False)
+                for seed, (stream, temperature) in enumerate(MIXES)]
+        return list(await asyncio.wait_for(asyncio.gather(*runs), 150))
 
-    async def call() -> int:
-        async with http.post(url, json=body) as response:
-            assert response.status == 200, await response.text()
-            if not stream:
-                return (await response.json())["usage"]["completion_tokens"]
-            tokens = None
-            async for line in response.content:
-                text = line.decode().strip()
-                if text.startswith("data: {"):
-                    usage = json.loads(text[6:]).get("usage")
-                    tokens = usage["completion_tokens"] if usage else tokens
-            return tokens
 
-    task = asyncio.ensure_future(call())
-    if rng.random() < 0.3:
-        await asyncio.sleep(rng.uniform(0.0, 0.5))
-        if not task.done():
-            task.cancel()  # the client disconnects
-            try:
-                await task
-            except asyncio.CancelledError:
-                return "cancelled", None
-    return "done", await task
+async def settle(engine: AsyncEngine) -> None:
+    """Aborts of the last disconnects land within a step or two."""
+    for _ in range(200):
+        stats = engine.stats()
+        if stats["running"] == stats["waiting"] == stats["swapped"] == 0:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def test_chaos_under_load() -> None:
@@ -69,23 +70,17 @@ async def test_chaos_under_load() -> None:
     rss_before = rss_bytes()
     threads_before = threading.active_count()
     async with running_server(engine) as server:
-        rng = random.Random(0)
-        limit = asyncio.Semaphore(CONCURRENCY)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-            async def bounded() -> tuple[str, int | None]:
-                async with limit:
-                    return await one_request(http, server.url("/v1/completions"), rng)
-
-            results = await asyncio.wait_for(asyncio.gather(*(bounded() for _ in range(NUM_REQUESTS))), 150)
-        for _ in range(200):  # aborts of the last disconnects land within a step or two
-            stats = engine.stats()
-            if stats["running"] == stats["waiting"] == stats["swapped"] == 0:
-                break
-            await asyncio.sleep(0.02)
-    done = [tokens for outcome, tokens in results if outcome == "done"]
-    cancelled = len(results) - len(done)
-    assert 0.15 * NUM_REQUESTS < cancelled < 0.45 * NUM_REQUESTS
-    assert all(tokens == MAX_TOKENS for tokens in done)
+        outputs = await run_mixes(server.base_url)
+        await settle(engine)
+    results = [result for output in outputs for result in output.results]
+    assert len(results) == NUM_REQUESTS
+    cancelled = [r for r in results if r.cancelled]
+    assert 0.15 * NUM_REQUESTS < len(cancelled) < 0.45 * NUM_REQUESTS
+    for output in outputs:  # every mix had disconnects and completions
+        assert 0 < sum(r.cancelled for r in output.results) < len(output.results)
+    finished = [r for r in results if not r.cancelled]
+    assert all(r.success for r in finished), [r.error for r in finished if not r.success][:5]
+    assert all(r.usage_reported and r.output_tokens == MAX_TOKENS for r in finished)
     stats = engine.stats()
     assert stats["gpu_blocks_free"] == stats["gpu_blocks_total"]
     assert stats["cpu_swap_blocks_used"] == 0
@@ -94,5 +89,5 @@ async def test_chaos_under_load() -> None:
     await engine.shutdown()
     pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not pending, pending
-    assert threading.active_count() <= threads_before
+    assert threading.active_count() <= threads_before, threading.enumerate()
     assert rss_bytes() - rss_before < 300 * (1 << 20)

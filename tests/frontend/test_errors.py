@@ -59,6 +59,8 @@ COMPLETION_CASES = [
     ({"prompt": "hi", "temperature": "hot"}, "$.temperature"),
     ({"prompt": "hi", "top_p": 0}, "top_p"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "hi", "max_tokens": 2**62}, "max_model_len (512)"),
     ({"prompt": "hi", "min_tokens": 5, "max_tokens": 2}, "min_tokens"),
     ({"prompt": "hi", "best_of": 2}, "best_of"),
     ({"prompt": "hi", "logit_bias": {"abc": 1}}, "logit_bias"),
@@ -107,11 +109,14 @@ async def test_chat_validation(server: Server, http: aiohttp.ClientSession, body
 
 
 DEEP = 200_000  # nesting far past any recursion limit
-@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'"text"', b"\xff\xfe", b'{"prompt": "\\ud800"}',
-                                 b'{"prompt": "hi", "temperature": 1e999}', b'{"prompt": "hi", "top_p": NaN}',
-                                 b"[" * DEEP, b'{"prompt": ' + b"[" * DEEP,
-                                 b'{"prompt": "hi", "unknown": ' + b"[" * DEEP + b"]" * DEEP + b"}"],
-                         ids=lambda raw: repr(raw[:24]))
+MALFORMED_BODIES = [b"", b"{", b"[]", b"null", b'"text"', b"\xff\xfe", b'{"prompt": "\\ud800"}',
+                    b'{"prompt": "\xff\xfe"}', b'{"prompt": "hi", "stop": ["\xed\xa0\x80"]}',
+                    b'{"prompt": "hi", "temperature": 1e999}', b'{"prompt": "hi", "top_p": NaN}',
+                    b"[" * DEEP, b'{"prompt": ' + b"[" * DEEP,
+                    b'{"prompt": "hi", "unknown": ' + b"[" * DEEP + b"]" * DEEP + b"}"]
+
+
+@pytest.mark.parametrize("raw", MALFORMED_BODIES, ids=lambda raw: repr(raw[:24]))
 async def test_malformed_bodies(server: Server, http: aiohttp.ClientSession, raw: bytes) -> None:
     status, _, payload = await call(http, server.url("/v1/completions"), raw=raw)
     assert_error(status, payload, 400, "invalid request body")

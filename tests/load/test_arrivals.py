@@ -1,4 +1,4 @@
-"""Gamma-distributed arrival gaps: seeded, mean 1/R, variance set by burstiness."""
+"""Gamma-distributed arrival gaps: seeded, mean 1/R, variance set by burstiness; seeded disconnect picks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.load.arrivals import arrival_gaps, arrival_offsets
+from benchmarks.load.runner import LoadSchedule, disconnect_delays
 
 N = 20_000
 
@@ -57,3 +58,15 @@ def test_infinite_rate_sends_everything_at_once() -> None:
 def test_invalid(rate: float, burstiness: float) -> None:
     with pytest.raises(ValueError):
         arrival_offsets(1, rate, burstiness, seed=0)
+
+
+def test_disconnect_picks_are_seeded_and_within_bounds() -> None:
+    schedule = LoadSchedule(seed=1, disconnect_fraction=0.3, disconnect_max_delay_s=2.0)
+    delays = list(itertools.islice(disconnect_delays(schedule), N))
+    assert delays == list(itertools.islice(disconnect_delays(schedule), N))
+    chosen = np.array([d for d in delays if d is not None])
+    assert len(chosen) / N == pytest.approx(0.3, abs=0.02)
+    assert chosen.min() >= 0.0 and chosen.max() < 2.0 and chosen.mean() == pytest.approx(1.0, abs=0.05)
+    other = itertools.islice(disconnect_delays(LoadSchedule(seed=2, disconnect_fraction=0.3)), N)
+    assert [d is None for d in delays] != [d is None for d in other]
+    assert all(d is None for d in itertools.islice(disconnect_delays(LoadSchedule(seed=1)), N))  # fraction 0

@@ -41,6 +41,19 @@ async def test_streamed_request_is_timed_and_counted() -> None:
     assert "ignore_eos" not in body  # sent only when asked for
 
 
+async def test_whole_response_without_streaming() -> None:
+    async with stub_server(StubOptions(token_delay_s=0.01)) as (base_url, options):
+        async with aiohttp.ClientSession() as session:
+            result = await send_request(session, Target(base_url, "completions", MODEL), REQUEST,
+                                        RequestOptions(stream=False))
+    assert result.success and result.generated_text == "".join(token_text(i) for i in range(6))
+    assert result.usage_reported and (result.prompt_len, result.output_tokens) == (5, 6)
+    assert result.ttft == result.latency > 0.05 and result.itl == [] and result.tpot == 0.0
+    assert result.chunk_times == [result.start + result.latency]
+    body = options.requests[0]
+    assert body["stream"] is False and "stream_options" not in body
+
+
 async def test_without_usage_chunks_are_counted() -> None:
     async with stub_server() as (base_url, _):
         result = await send(base_url, "no_usage")

@@ -4,7 +4,9 @@ and against the stub server, which has no /metrics."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,9 +17,9 @@ from benchmarks.load import cli, scrape
 from benchmarks.load.client import RequestOptions, Target
 from benchmarks.load.datasets import DatasetOptions, load_requests
 from benchmarks.load.metrics import summarize
-from benchmarks.load.runner import LoadSchedule, run_load
+from benchmarks.load.runner import LoadSchedule, disconnect_delays, run_load
 from benchmarks.load.server_api import ServerTokenizer
-from tests.frontend.conftest import MODEL_NAME, Server
+from tests.frontend.conftest import MODEL_NAME, Server, wait_for
 from tests.load.conftest import LOOP
 from tests.load.stub_server import StubOptions, stub_server
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.asyncio(loop_scope=LOOP)
 N = 20
 OUTPUT_LEN = 8
 ROOT = Path(__file__).resolve().parents[2]
+ABORTS = "helix:request_success_total{finished_reason=abort}"
 
 VLLM_KEYS = [
     "duration", "completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
@@ -97,6 +100,48 @@ async def test_chat_streams_against_helix(helix_server: Server) -> None:
     assert result["output_lens"] == [OUTPUT_LEN] * N
     server = scrape.summarize(before, after)
     assert server is not None and server["generation_tokens"] == N * OUTPUT_LEN
+
+
+async def test_disconnects_through_the_cli(helix_server: Server, tmp_path: Path) -> None:
+    """Half the requests abandoned mid-generation: Helix aborts them and frees their blocks; the
+    report counts them as cancelled and measures the rest."""
+    argv = ["--base-url", helix_server.base_url, "--num-prompts", str(N), "--input-len", "16", "--output-len", "64",
+            "--ignore-eos", "--max-concurrency", "8", "--seed", "3", "--disconnect-fraction", "0.5",
+            "--disconnect-max-delay", "0.1", "--result-file", str(tmp_path / "out.json"), "--disable-tqdm"]
+    args = cli.parse_args(argv)
+    async with aiohttp.ClientSession() as http:
+        before = await helix_server.metrics(http)
+        await cli.run(args)
+        result = json.loads((tmp_path / "out.json").read_text())
+        picked = sum(d is not None for d in itertools.islice(disconnect_delays(cli.load_schedule(args, math.inf)), N))
+
+        async def settled() -> bool:  # the last aborts land within a step or two
+            return (await helix_server.metrics(http))["helix:num_requests_running"] == 0
+
+        assert await wait_for(settled)
+        after = await helix_server.metrics(http)
+    assert result["disconnect_fraction"] == 0.5 and result["disconnect_max_delay"] == 0.1
+    assert 0 < result["cancelled"] <= picked and result["failed"] == 0
+    assert result["completed"] + result["cancelled"] == N
+    completed = [n for n in result["output_lens"] if n]
+    assert completed == [64] * result["completed"] and result["total_output_tokens"] == 64 * result["completed"]
+    aborts = after.get(ABORTS, 0) - before.get(ABORTS, 0)
+    assert 0 < aborts <= result["cancelled"]
+    generated = after["helix:generation_tokens_total"] - before["helix:generation_tokens_total"]
+    assert generated < 64 * N  # the abandoned requests stopped early
+    stats = helix_server.engine.stats()
+    assert stats["gpu_blocks_free"] == stats["gpu_blocks_total"] and stats["running"] == stats["waiting"] == 0
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_whole_responses_through_the_cli(helix_server: Server, endpoint: str) -> None:
+    args = cli.parse_args(["--base-url", helix_server.base_url, "--endpoint", endpoint, "--num-prompts", "6",
+                           "--input-len", "8", "--output-len", str(OUTPUT_LEN), "--ignore-eos", "--no-stream",
+                           "--disable-tqdm"])
+    (result,) = await cli.run(args)
+    assert (result["completed"], result["failed"], result["stream"]) == (6, 0, False)
+    assert result["output_lens"] == [OUTPUT_LEN] * 6 and all(result["generated_texts"])
+    assert result["ttfts"] == result["e2els"] and result["itls"] == [[]] * 6
 
 
 @pytest.mark.parametrize("metrics", [None, "html", "text"])

@@ -52,6 +52,19 @@ def test_counts_totals_and_throughput() -> None:
     assert s["errors"][:3] == ["", "", ""] and s["errors"][3] == "HTTP 503: went wrong"
 
 
+def test_cancelled_requests_are_neither_completed_nor_failed() -> None:
+    abandoned = RequestResult(prompt_len=50, start=1.0).cancel()
+    s = summarize([*RESULTS, abandoned, abandoned], duration_s=2.0)
+    assert (s["completed"], s["failed"], s["cancelled"]) == (3, 3, 2)
+    assert s["failed_reasons"] == {"HTTP 503": 2, "stream error": 1}
+    plain = summarize(RESULTS, duration_s=2.0)
+    assert plain["cancelled"] == 0
+    for key in ("total_input_tokens", "total_output_tokens", "request_throughput", "mean_ttft_ms", "p99_itl_ms",
+                "mean_tpot_ms", "median_e2el_ms"):
+        assert s[key] == plain[key], key
+    assert s["output_lens"][-2:] == [0, 0] and s["errors"][-2:] == ["", ""]
+
+
 def test_latency_statistics() -> None:
     s = summarize(RESULTS, duration_s=2.0)
     assert s["mean_ttft_ms"] == pytest.approx(200.0)

@@ -11,6 +11,7 @@ import pytest
 from benchmarks.load import cli, report
 from benchmarks.load.client import RequestResult
 from benchmarks.load.metrics import summarize
+from benchmarks.load.runner import LoadSchedule
 
 
 def result() -> dict:
@@ -31,6 +32,9 @@ def test_summary_table() -> None:
     assert "Mean TTFT (ms):                          10.00" in table
     assert "Speculative acceptance rate:             0.75" in table
     assert "Preemptions:                             2" in table
+    assert "Cancelled" not in table  # only runs with disconnects show the row
+    cancelled = report.summary_table({**result(), **summarize([RequestResult(cancelled=True)] * 3, 1.0)})
+    assert "Cancelled by the client:                 3" in cancelled
 
 
 def test_sweep_file_names() -> None:
@@ -55,3 +59,15 @@ def test_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             cli.parse_args(base + bad)
     assert "--duration with an infinite --request-rate needs --max-concurrency" in capsys.readouterr().err
+    args = cli.parse_args(base + ["--disconnect-fraction", "0.25", "--disconnect-max-delay", "2", "--seed", "7"])
+    assert cli.load_schedule(args, 1.0) == LoadSchedule(1.0, seed=7, disconnect_fraction=0.25,
+                                                        disconnect_max_delay_s=2.0)
+    for flag, value, message in [("--disconnect-fraction", "1", "--disconnect-fraction must be in [0, 1), got 1.0"),
+                                 ("--disconnect-fraction", "-0.1", "must be in [0, 1), got -0.1"),
+                                 ("--disconnect-fraction", "nan", "must be in [0, 1), got nan"),
+                                 ("--disconnect-fraction", "half", "invalid float value: 'half'"),
+                                 ("--disconnect-max-delay", "0", "--disconnect-max-delay must be a positive number"),
+                                 ("--disconnect-max-delay", "inf", "positive number of seconds, got inf")]:
+        with pytest.raises(SystemExit):
+            cli.parse_args(base + [flag, value])
+        assert message in capsys.readouterr().err
