@@ -37,9 +37,9 @@ def _timed(llm: LLM, prompts: list[list[int]], max_tokens: int, repeats: int) ->
 def _replay_ms(llm: LLM, batch: int, repeats: int = 50) -> float:
     """GPU time of one replay of the target's graph for this batch (split factor 1):
     the forward alone, without input staging, sampling or scheduling."""
-    runner = llm.engine.runner.decode_graphs
-    bucket = min(b for b in runner.buckets if b >= batch)
-    graph, _ = runner._graphs[(bucket, 1)]
+    runner = llm.engine.runner.graphs
+    bucket = min(b for b in runner.buckets[1] if b >= batch)
+    graph, _ = runner._graphs[(bucket, 1, 1)]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -72,7 +72,7 @@ def main() -> None:
             full = _timed(llm, prompts, args.new_tokens, args.repeats)
             first = _timed(llm, prompts, 1, args.repeats)
             step_ms = (full - first) / (args.new_tokens - 1) * 1e3
-            graphs = llm.engine.runner.decode_graphs
+            graphs = llm.engine.runner.graphs
             mode = "eager" if enforce_eager else f"graphs ({graphs.num_graphs if graphs else 0})"
             replay = f"{_replay_ms(llm, batch):.2f}" if graphs else "-"
             rows.append((batch, mode, batch * args.new_tokens / full, step_ms, replay, build_s))

@@ -66,7 +66,9 @@ class EngineCore:
             method=args.method, num_speculative_tokens=args.num_speculative_tokens, mode=args.speculation_mode,
             token_budget=args.speculation_token_budget or (256 if self.device.type == "cuda" else 64))
         num_gpu_blocks, num_cpu_blocks = self._cache_sizes(draft)
-        self.graphs = None if args.enforce_eager else DecodeGraphSpec(args.max_num_seqs, self.max_model_len)
+        self.graphs = None if args.enforce_eager else DecodeGraphSpec(
+            args.max_num_seqs, self.max_model_len,
+            1 + self.speculation.num_speculative_tokens if self.speculation.enabled else 1)
         proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
                                   self.dtype, args.seed, proposer, self.graphs, self._acceptance())

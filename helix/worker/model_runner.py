@@ -13,6 +13,7 @@ requests and rejection sampling for speculating ones.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,12 +21,24 @@ import torch
 from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput, StepTimings
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
-from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
+from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+
+
+@dataclass(frozen=True)
+class SpanRows:
+    """Where each span's tokens sit in a forward's output: span i is rows
+    first[i] .. first[i] + count[i] - 1 (graph replays pad spans apart)."""
+
+    first: tuple[int, ...]
+    count: tuple[int, ...]
+
+    def last(self, index: int) -> int:
+        return self.first[index] + self.count[index] - 1
 
 
 class ModelRunner:
@@ -39,8 +52,9 @@ class ModelRunner:
         self.proposer = proposer
         self.cache = allocate_swappable_cache(model.arch, num_gpu_blocks, num_cpu_blocks, block_size, dtype, device)
         self.kv_cache = self.cache.device_cache
-        # CUDA graphs for pure-decode steps (None: always eager).
-        self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "target")
+        # CUDA graphs for decode and verify steps (None: always eager).
+        query_lens = range(1, graphs.max_query_len + 1) if graphs is not None else (1,)
+        self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, query_lens, "target")
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
 
@@ -56,16 +70,16 @@ class ModelRunner:
         proposals = self.proposer.propose(step.scheduled, self._row_for) if self.proposer else Proposals()
         drafted = time.perf_counter()
         drafts = {rid: p.token_ids for rid, p in proposals.by_request.items()}
-        hidden, starts = self._forward(step.scheduled, drafts)
-        self._prompt_logprobs(step.scheduled, hidden, starts, output)
-        self._sample(step.scheduled, hidden, starts, drafts, output)
-        self._verify(step.scheduled, hidden, starts, proposals, output)
+        hidden, rows = self._forward(step.scheduled, drafts)
+        self._prompt_logprobs(step.scheduled, hidden, rows, output)
+        self._sample(step.scheduled, hidden, rows, drafts, output)
+        self._verify(step.scheduled, hidden, rows, proposals, output)
         output.draft_computed.update(proposals.draft_computed)
         return _with_timings(output, StepTimings(drafted - started, proposals.num_passes,
                                                  time.perf_counter() - drafted))
 
     def _forward(self, scheduled: list[ScheduledRequest],
-                 drafts: dict[str, list[int]]) -> tuple[torch.Tensor, tuple[int, ...]]:
+                 drafts: dict[str, list[int]]) -> tuple[torch.Tensor, SpanRows]:
         spans, token_ids = [], []
         for item in scheduled:
             request = item.request
@@ -75,32 +89,34 @@ class ModelRunner:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
-        if self.decode_graphs is not None:
-            hidden = self.decode_graphs.run(spans, token_ids)
-            if hidden is not None:
-                return hidden, tuple(range(len(spans) + 1))
+        counts = tuple(span.num_new for span in spans)
+        if self.graphs is not None:
+            replayed = self.graphs.run(spans, token_ids)
+            if replayed is not None:
+                hidden, query_len = replayed
+                return hidden, SpanRows(tuple(range(0, query_len * len(spans), query_len)), counts)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
-        return hidden, meta.query_start_loc_host
+        return hidden, SpanRows(meta.query_start_loc_host[:-1], counts)
 
-    def _sample(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
+    def _sample(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, rows: SpanRows,
                 drafts: dict[str, list[int]], output: ModelOutput) -> None:
         """Ordinary requests: one token from the last position of their span."""
         chosen = [(i, item) for i, item in enumerate(scheduled)
                   if item.samples and item.request.request_id not in drafts]
         if not chosen:
             return
-        rows_index = torch.tensor([starts[i + 1] - 1 for i, _ in chosen], device=self.device)
+        rows_index = torch.tensor([rows.last(i) for i, _ in chosen], device=self.device)
         logits = self.model.compute_logits(hidden[rows_index])  # [len(chosen), vocab]
-        rows = [self._row_for(item.request, ()) for _, item in chosen]
-        for (_, item), token in zip(chosen, sample(logits, rows)):
+        sampling_rows = [self._row_for(item.request, ()) for _, item in chosen]
+        for (_, item), token in zip(chosen, sample(logits, sampling_rows)):
             request_id = item.request.request_id
             output.sampled[request_id] = [token.token_id]
             if token.logprob is not None:
                 output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]
 
-    def _verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
+    def _verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
                 proposals: Proposals, output: ModelOutput) -> None:
         """Speculating requests: accept a prefix of the drafts, then one more token."""
         verifying = [(i, item, proposals.by_request[item.request.request_id]) for i, item in enumerate(scheduled)
@@ -108,7 +124,8 @@ class ModelRunner:
         if not verifying:
             return
         # One lm_head and one transform over every verify row: [sum(1 + len(drafts)), vocab].
-        row_index = torch.cat([torch.arange(starts[i], starts[i + 1]) for i, _, _ in verifying]).to(self.device)
+        row_index = torch.cat([torch.arange(span_rows.first[i], span_rows.first[i] + span_rows.count[i])
+                               for i, _, _ in verifying]).to(self.device)
         logits = self.model.compute_logits(hidden[row_index])
         rows = [self._row_for(item.request, proposal.token_ids[:position])
                 for _, item, proposal in verifying for position in range(len(proposal.token_ids) + 1)]
@@ -148,7 +165,7 @@ class ModelRunner:
             self._request_generators[request_id] = generator
         return generator
 
-    def _prompt_logprobs(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, starts: tuple[int, ...],
+    def _prompt_logprobs(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
                          output: ModelOutput) -> None:
         """Log-probabilities of prompt tokens: logits at position p score the token at p + 1."""
         for i, item in enumerate(scheduled):
@@ -158,7 +175,8 @@ class ModelRunner:
             entries: list[TokenLogprobs | None] = [None] if item.start == 0 else []
             last_position = min(item.start + item.num_new_tokens, request.num_prompt_tokens - 1)
             if last_position > item.start:
-                rows = hidden[starts[i]:starts[i] + last_position - item.start]
+                first = span_rows.first[i]
+                rows = hidden[first:first + last_position - item.start]
                 logprobs = self.model.compute_logits(rows).log_softmax(dim=-1)
                 targets = request.prompt_token_ids[item.start + 1:last_position + 1]
                 for row, target in zip(logprobs, targets):

@@ -15,23 +15,23 @@ import pytest
 import torch
 
 from helix import LLM, SamplingParams
-from helix.worker.cuda_graphs import DecodeGraphRunner
+from helix.worker.cuda_graphs import GraphRunner
 from tests.regimes import _REGIME_OPTIONS, assert_drained, run_regime
 from tests.tiny_models import ARCHITECTURES, VOCAB_SIZE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _record_batches(runner: DecodeGraphRunner) -> list[tuple[int, bool]]:
+def _record_batches(runner: GraphRunner) -> list[tuple[int, bool]]:
     """Wrap `runner.run` to log (batch size, replayed) of every pure-decode attempt."""
     calls: list[tuple[int, bool]] = []
     run = runner.run
 
-    def recording_run(spans: Any, token_ids: Any) -> torch.Tensor | None:
-        hidden = run(spans, token_ids)
+    def recording_run(spans: Any, token_ids: Any) -> tuple[torch.Tensor, int] | None:
+        replayed = run(spans, token_ids)
         if all(span.num_new == 1 for span in spans):
-            calls.append((len(spans), hidden is not None))
-        return hidden
+            calls.append((len(spans), replayed is not None))
+        return replayed
 
     runner.run = recording_run  # type: ignore[method-assign]
     return calls
@@ -41,7 +41,7 @@ def _generate(model_dir: Path, prompts: list[list[int]], max_tokens: int,
               **options: Any) -> tuple[LLM, list[list[int]], list[tuple[int, bool]]]:
     llm = LLM(str(model_dir), device="cuda", block_size=4, max_num_batched_tokens=128, check_invariants=True,
               **options)
-    graphs = llm.engine.runner.decode_graphs
+    graphs = llm.engine.runner.graphs
     calls = _record_batches(graphs) if graphs is not None else []
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -60,15 +60,15 @@ def test_graphs_match_eager(regime: str, dtype: str, tiny_model_dirs: dict[str, 
     graphs_llm, graph_tokens, calls = _generate(tiny_model_dirs["llama"], greedy_prompts, 20, **options)
     eager_llm, eager_tokens, _ = _generate(tiny_model_dirs["llama"], greedy_prompts, 20, enforce_eager=True,
                                            **options)
-    assert eager_llm.engine.runner.decode_graphs is None
+    assert eager_llm.engine.runner.graphs is None
     assert graph_tokens == eager_tokens
-    runner = graphs_llm.engine.runner.decode_graphs
+    runner = graphs_llm.engine.runner.graphs
     assert runner is not None
-    replayed = {bucket for bucket, _ in runner.replays}
+    replayed = {bucket for bucket, _, _ in runner.replays}
     assert len(replayed) >= 2, runner.replays
-    assert all(ok for size, ok in calls if size <= runner.buckets[-1])
+    assert all(ok for size, ok in calls if size <= runner.buckets[1][-1])
     if regime == "ample":
-        assert runner.buckets == (1, 2, 4, 8)
+        assert runner.buckets[1] == (1, 2, 4, 8)
         assert any(size > 8 and not ok for size, ok in calls)
     else:
         stats = graphs_llm.stats()
@@ -85,8 +85,8 @@ def test_long_contexts_use_split_kv_graphs(dtype: str, tiny_model_dirs: dict[str
     graphs_llm, graph_tokens, _ = _generate(tiny_model_dirs["llama"], prompts, 24, **options)
     _, eager_tokens, _ = _generate(tiny_model_dirs["llama"], prompts, 24, enforce_eager=True, **options)
     assert graph_tokens == eager_tokens
-    runner = graphs_llm.engine.runner.decode_graphs
-    assert any(splits > 1 for _, splits in runner.replays), runner.replays
+    runner = graphs_llm.engine.runner.graphs
+    assert any(splits > 1 for _, _, splits in runner.replays), runner.replays
 
 
 @pytest.mark.parametrize("arch", [name for name in ARCHITECTURES if name != "llama"])
@@ -97,24 +97,50 @@ def test_graphs_match_eager_for_each_architecture(arch: str, tiny_model_dirs: di
     graphs_llm, graph_tokens, _ = _generate(tiny_model_dirs[arch], prompts, 16, **options)
     _, eager_tokens, _ = _generate(tiny_model_dirs[arch], prompts, 16, enforce_eager=True, **options)
     assert graph_tokens == eager_tokens
-    assert graphs_llm.engine.runner.decode_graphs.replays
+    assert graphs_llm.engine.runner.graphs.replays
 
 
 @pytest.mark.parametrize("draft", ["target", "unrelated"])
 def test_speculation_with_graphs_equals_greedy(draft: str, tiny_model_dirs: dict[str, Path],
                                                unrelated_draft_dir: Path, greedy_prompts: list[list[int]],
                                                greedy_expected: list[list[int]]) -> None:
-    """Draft passes B (one token per sequence) replay the draft's graphs;
-    output stays transformers' greedy tokens, blocks drain (run_regime)."""
+    """Draft passes replay the draft's graphs and verify steps the target's
+    (q = 1 + K, shorter spans padded); output stays transformers' greedy
+    tokens, blocks drain (run_regime)."""
     target = tiny_model_dirs["llama"]
     draft_dir = target if draft == "target" else unrelated_draft_dir
     regime = "swap" if draft == "target" else "ample"
     llm = run_regime(regime, target, greedy_prompts, greedy_expected, device="cuda", dtype="float32",
                      draft_model=str(draft_dir), speculation_mode="fixed", num_speculative_tokens=4)
     proposer = llm.engine.runner.proposer
-    assert proposer.decode_graphs is not None and sum(proposer.decode_graphs.replays.values()) > 0
+    assert proposer.graphs is not None and sum(proposer.graphs.replays.values()) > 0
+    verify_replays = [key for key in llm.engine.runner.graphs.replays if key[1] > 1]
+    assert verify_replays, llm.engine.runner.graphs.replays
     stats = llm.stats()
     if draft == "target":
         assert stats["acceptance_rate"] == 1.0
     else:
         assert stats["spec_draft_tokens"] > 0
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "fixed"])
+def test_verify_graphs_match_eager_speculation(mode: str, tiny_model_dirs: dict[str, Path],
+                                               unrelated_draft_dir: Path, greedy_prompts: list[list[int]]) -> None:
+    """Speculative decoding with verify graphs (spans padded to q) and in eager
+    mode give the same tokens, greedy and seeded-sampled (fp32)."""
+    options: dict[str, Any] = dict(device="cuda", dtype="float32", block_size=4, num_kv_blocks=1024,
+                                   draft_model=str(unrelated_draft_dir), speculation_mode=mode,
+                                   num_speculative_tokens=4, max_num_seqs=8, check_invariants=True)
+    prompts = greedy_prompts[:12]
+    params = [SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+              SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24, ignore_eos=True, seed=7)]
+    results = {}
+    for eager in (False, True):
+        llm = LLM(str(tiny_model_dirs["llama"]), enforce_eager=eager, **options)
+        outputs = llm.generate(prompts * 2, [params[0]] * len(prompts) + [params[1]] * len(prompts),
+                               use_tqdm=False)
+        assert_drained(llm)
+        results[eager] = [o.outputs[0].token_ids for o in outputs]
+        if not eager:
+            assert any(q > 1 for _, q, _ in llm.engine.runner.graphs.replays), llm.engine.runner.graphs.replays
+    assert results[False] == results[True]

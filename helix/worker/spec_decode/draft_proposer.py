@@ -17,7 +17,7 @@ import torch
 
 from helix.scheduler.outputs import ScheduledRequest
 from helix.worker.attention import SequenceSpan, build_attention_metadata
-from helix.worker.cuda_graphs import DecodeGraphSpec, capture_decode_graphs
+from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, choose, transform_logits
@@ -32,8 +32,10 @@ class DraftModelProposer:
         self.device = device
         self.cache = allocate_swappable_cache(model.arch, num_gpu_blocks, num_cpu_blocks, block_size, dtype, device)
         self.kv_cache = self.cache.device_cache
-        # CUDA graphs for passes whose spans are all one token (None: always eager).
-        self.decode_graphs = capture_decode_graphs(model, self.kv_cache, block_size, graphs, "draft")
+        # CUDA graphs for passes of one- and two-token spans (None: always eager).
+        # Passes B are one token per request; pass A is one, or two after a verify
+        # that accepted every draft (the last draft and the bonus token).
+        self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, (1, 2), "draft")
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         self.cache.swap(pairs, to_cpu)
@@ -54,7 +56,8 @@ class DraftModelProposer:
             proposals.num_passes += 1
         for item in speculating:
             request_id = item.request.request_id
-            proposals.by_request[request_id] = Proposal(drafts[request_id], torch.stack(q_rows[request_id]))
+            q = q_rows[request_id]
+            proposals.by_request[request_id] = Proposal(drafts[request_id], torch.stack(q) if q else None)
             # Drafts 1..K-1 were fed back; the K-th exists only as a token.
             proposals.draft_computed[request_id] = item.request.num_tokens + item.num_spec_tokens - 1
         return proposals
@@ -91,10 +94,14 @@ class DraftModelProposer:
         self._sample_next(extending, hidden[last_rows], row_for, drafts, q_rows)
 
     def _forward(self, spans: list[SequenceSpan], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.decode_graphs is not None:
-            hidden = self.decode_graphs.run(spans, token_ids)
-            if hidden is not None:
-                return hidden, self.decode_graphs.row_indices[:len(spans)]
+        if self.graphs is not None:
+            replayed = self.graphs.run(spans, token_ids)
+            if replayed is not None:
+                hidden, query_len = replayed
+                if query_len == 1:
+                    return hidden, self.graphs.row_indices[:len(spans)]
+                last = [i * query_len + span.num_new - 1 for i, span in enumerate(spans)]
+                return hidden, torch.tensor(last, device=self.device)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.kv_cache, meta), meta.last_token_indices
@@ -103,9 +110,11 @@ class DraftModelProposer:
                      drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> None:
         rows: list[SamplingRow] = [row_for(item.request, drafts[item.request.request_id]) for item in items]
         transformed = transform_logits(self.model.compute_logits(hidden), rows)  # [len(items), vocab]
-        probs = transformed.softmax(dim=-1)
+        # q is only needed for sampled requests; a greedy draft is one-hot on its token.
+        probs = transformed.softmax(dim=-1) if any(not row.params.greedy for row in rows) else None
         for i, (item, token) in enumerate(zip(items, choose(transformed, rows).tolist())):
             request_id = item.request.request_id
             drafts[request_id].append(token)
-            q_rows[request_id].append(probs[i])
+            if probs is not None and not rows[i].params.greedy:
+                q_rows[request_id].append(probs[i])
 
