@@ -40,14 +40,27 @@ def transform_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
     Greedy rows get penalties, bias and min_tokens only (no temperature or
     filters), so their argmax is the greedy token.
     """
+    edited = [i for i, row in enumerate(rows) if _edits_logits(row)]
+    temperatures = [r.params.temperature if not r.params.greedy else 1.0 for r in rows]
+    scaled = any(t != 1.0 for t in temperatures)
+    if not edited and not scaled:
+        return _apply_filters(logits, rows)  # the common greedy step: no copy, no edits
     logits = logits.clone()
-    for i, row in enumerate(rows):
-        _apply_penalties(logits[i], row)
-        _apply_bias_and_min_tokens(logits[i], row)
-    temperatures = torch.tensor([r.params.temperature if not r.params.greedy else 1.0 for r in rows],
-                                device=logits.device, dtype=logits.dtype)
-    logits.div_(temperatures.unsqueeze(1))
+    for i in edited:
+        _apply_penalties(logits[i], rows[i])
+        _apply_bias_and_min_tokens(logits[i], rows[i])
+    if scaled:
+        logits.div_(torch.tensor(temperatures, device=logits.device, dtype=logits.dtype).unsqueeze(1))
     return _apply_filters(logits, rows)
+
+
+def _edits_logits(row: SamplingRow) -> bool:
+    """Whether penalties, logit_bias or min_tokens change this row's logits."""
+    params = row.params
+    return (params.repetition_penalty != 1.0
+            or bool((params.presence_penalty or params.frequency_penalty) and row.output_token_ids)
+            or bool(params.logit_bias)
+            or (len(row.output_token_ids) < params.min_tokens and bool(row.stop_ids_before_min)))
 
 
 def _apply_penalties(row_logits: torch.Tensor, row: SamplingRow) -> None:
