@@ -1,7 +1,8 @@
 """Where a decode step's time goes: host phases and GPU kernels.
 
-Wraps the engine's phases with timers (schedule, execute, update, output
-processing; inside execute: the target forward, sampling, drafting) and runs a
+Wraps the engine's phases with timers (schedule, launch, update, output
+processing; the target forward and drafting inside launch; collecting sampled
+tokens, which waits for the GPU, and verification after it) and runs a
 greedy batch-N decode, then profiles one step with torch.profiler and lists
 the kernels it launched, largest total time first.
 
@@ -21,8 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from helix import LLM, SamplingParams
 
-PHASES = (("engine.scheduler", "schedule"), ("engine.runner", "execute"), ("engine.scheduler", "update_from_output"),
-          ("engine.outputs", "process"), ("engine.runner", "_forward"), ("engine.runner", "_sample"),
+PHASES = (("engine.scheduler", "schedule"), ("engine.runner", "launch"), ("engine.scheduler", "update_from_output"),
+          ("engine.outputs", "process"), ("engine.runner", "_forward"), ("engine.runner", "_finish_sampling"),
           ("engine.runner", "_verify"))
 
 
@@ -32,7 +33,7 @@ def instrument(llm: LLM, totals: collections.Counter[str]) -> None:
         owner: Any = llm
         for part in owner_path.split("."):
             owner = getattr(owner, part)
-        if hasattr(owner, "proposer") and owner.proposer is not None and name == "execute":
+        if hasattr(owner, "proposer") and owner.proposer is not None and name == "launch":
             _wrap(owner.proposer, "propose", totals, "runner.proposer.propose")
         _wrap(owner, name, totals, f"{owner_path.split('.')[-1]}.{name}")
 

@@ -82,6 +82,8 @@ class EngineCore:
                                    has_draft_cache=draft is not None)
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish)
         self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # The last step's updates, turned into outputs while the next step runs.
+        self._unprocessed: tuple[SchedulerOutput, list[RequestUpdate]] | None = None
         self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
         self._rate_window: list[tuple[float, int, int]] = []
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, %d swap blocks, speculation: %s",
@@ -159,16 +161,34 @@ class EngineCore:
 
     # -- the step (one thread) ---------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch this step, then turn the previous step's tokens into
+        outputs (detokenization, stop strings) while the GPU works, then collect
+        this step's tokens. Outputs therefore trail their step by one launch; a
+        stop string found then ends its request before the next schedule."""
         finished_by_abort = self._apply_pending()
         scheduled = self.scheduler.schedule()
         try:
-            model_output = self.runner.execute(scheduled)
+            finish = self.runner.launch(scheduled)
         except torch.OutOfMemoryError as error:
             return finished_by_abort + self._fail_out_of_memory(scheduled, error)
-        updates = self.scheduler.update_from_output(scheduled, model_output)
+        outputs = self._process(self._unprocessed)
+        try:
+            model_output = finish()
+        except torch.OutOfMemoryError as error:
+            return finished_by_abort + outputs + self._fail_out_of_memory(scheduled, error)
+        self._unprocessed = (scheduled, self.scheduler.update_from_output(scheduled, model_output))
+        if not self.scheduler.has_unfinished():  # nothing will run next: deliver now
+            outputs += self._process(self._unprocessed)
+        return finished_by_abort + outputs
+
+    def _process(self, step: tuple[SchedulerOutput, list[RequestUpdate]] | None) -> list[RequestOutput]:
+        self._unprocessed = None
+        if step is None:
+            return []
+        scheduled, updates = step
         outputs = self.outputs.process(updates)
         self._count(scheduled, updates, outputs)
-        return finished_by_abort + outputs
+        return outputs
 
     def _fail_out_of_memory(self, scheduled: SchedulerOutput, error: torch.OutOfMemoryError) -> list[RequestOutput]:
         """Fail the request with the largest share of the step. The others run the
@@ -190,7 +210,7 @@ class EngineCore:
         return [output] if output is not None else []
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or not self._pending.empty()
+        return self.scheduler.has_unfinished() or not self._pending.empty() or self._unprocessed is not None
 
     def _apply_pending(self) -> list[RequestOutput]:
         aborted = []

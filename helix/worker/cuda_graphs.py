@@ -121,6 +121,11 @@ class GraphRunner:
         self._host_tokens = torch.zeros((3, max_tokens), dtype=torch.int64, pin_memory=True)
         self._host_seq_lens = torch.zeros(max_bs, dtype=torch.int32, pin_memory=True)
         self._host_tables = torch.zeros((max_bs, self.max_blocks), dtype=torch.int32, pin_memory=True)
+        # numpy views of the pinned buffers: filling them from lists costs no tensor ops.
+        self._host_tokens_np = self._host_tokens.numpy()
+        self._host_seq_lens_np = self._host_seq_lens.numpy()
+        self._host_tables_np = self._host_tables.numpy()
+        self._splits: dict[tuple[int, int, int], int] = {}
         self._staged = torch.cuda.Event()
         self._staged.record()
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -194,6 +199,16 @@ class GraphRunner:
         num_heads, num_kv_heads, head_dim, dtype = self._heads
         return int(choose_launch(meta, num_heads, num_kv_heads, head_dim, dtype, self.device)["num_splits"])
 
+    def _splits_for(self, num_seqs: int, query_len: int, max_seq_len: int) -> int:
+        """`_eager_splits`, memoised: the launcher reads the sequence lengths only
+        through their maximum, so a batch whose longest is max_seq_len chooses
+        as one where all are that long."""
+        key = (num_seqs, query_len, max_seq_len)
+        splits = self._splits.get(key)
+        if splits is None:
+            splits = self._splits[key] = self._eager_splits(num_seqs, (max_seq_len,) * num_seqs, query_len)
+        return splits
+
     # -- replay ----------------------------------------------------------------
     def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int]) -> tuple[torch.Tensor, int] | None:
         """(hidden [len(spans) * q, hidden], q) from a graph replay, where span i's
@@ -209,7 +224,7 @@ class GraphRunner:
         if staged is None:
             return None
         bucket = buckets[bisect.bisect_left(buckets, num_seqs)]
-        splits = self._eager_splits(num_seqs, tuple(staged[3]), query_len)
+        splits = self._splits_for(num_seqs, query_len, max(staged[3]))
         entry = self._graphs.get((bucket, query_len, splits))
         if entry is None:
             return None
@@ -253,23 +268,22 @@ class GraphRunner:
         padded_tokens = bucket * query_len
         # The previous step's copies must have read the staging buffers.
         self._staged.synchronize()
-        host = self._host_tokens
-        host[:, :num_tokens] = torch.tensor([ids, positions, slots], dtype=torch.int64)
+        host = self._host_tokens_np
+        host[0, :num_tokens], host[1, :num_tokens], host[2, :num_tokens] = ids, positions, slots
         host[:2, num_tokens:padded_tokens] = 0
         host[2, num_tokens:padded_tokens] = -1
-        self._host_seq_lens[:num_seqs] = torch.tensor(seq_lens, dtype=torch.int32)
-        self._host_seq_lens[num_seqs:bucket] = 0
+        self._host_seq_lens_np[:num_seqs] = seq_lens
+        self._host_seq_lens_np[num_seqs:bucket] = 0
+        tables_np = self._host_tables_np
         width = max(len(t) for t in tables)
-        flat: list[int] = []
-        for table in tables:
-            flat.extend(table)
-            flat.extend((0,) * (width - len(table)))
-        self._host_tables[:num_seqs, :width] = torch.tensor(flat, dtype=torch.int32).view(num_seqs, width)
+        for row, table in enumerate(tables):
+            tables_np[row, :len(table)] = table
+            tables_np[row, len(table):width] = 0
         # Table entries past each real row's length (and padding rows' tables) are
         # never read by real rows; stale ones are still valid block ids. Tokens past
         # `padded_tokens` are unused by this graph; copying the whole (small) token
         # buffer keeps the copy contiguous.
-        self._tokens.copy_(host, non_blocking=True)
+        self._tokens.copy_(self._host_tokens, non_blocking=True)
         self._seq_lens[:bucket].copy_(self._host_seq_lens[:bucket], non_blocking=True)
         self._block_tables[:num_seqs].copy_(self._host_tables[:num_seqs], non_blocking=True)
         self._staged.record()

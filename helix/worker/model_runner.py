@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.sampler import SamplingRow, sample, top_logprobs, transform_logits
+from helix.worker.sampler import SamplingRow, choose, top_logprobs, transform_logits, with_logprobs
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
 
@@ -39,6 +39,16 @@ class SpanRows:
 
     def last(self, index: int) -> int:
         return self.first[index] + self.count[index] - 1
+
+
+@dataclass(frozen=True)
+class _PendingSamples:
+    """Tokens chosen on the device for ordinary requests, not yet read back."""
+
+    request_ids: list[str]
+    rows: list[SamplingRow]
+    logits: torch.Tensor     # [n, vocab] raw, for logprobs
+    token_ids: torch.Tensor  # [n] on the device
 
 
 class ModelRunner:
@@ -59,24 +69,38 @@ class ModelRunner:
         self._request_generators: dict[str, torch.Generator] = {}
 
     @torch.inference_mode()
-    def execute(self, step: SchedulerOutput) -> ModelOutput:
+    def launch(self, step: SchedulerOutput) -> Callable[[], ModelOutput]:
+        """Queue the step's GPU work and return a function that waits for it and
+        returns its output. For plain decode and prefill nothing between the two
+        waits on the GPU, so the caller's host work overlaps the step; drafting
+        synchronises per draft pass. Call the function before the next launch
+        (a graph replay's output lives until the next replay)."""
         self._drop_finished(step.finished_ids)
         self._swap(step.swap_out, to_cpu=True)
         self._swap(step.swap_in, to_cpu=False)
         output = ModelOutput(sampled={})
         if not step.scheduled:
-            return output
+            return lambda: output
         started = time.perf_counter()
         proposals = self.proposer.propose(step.scheduled, self._row_for) if self.proposer else Proposals()
         drafted = time.perf_counter()
         drafts = {rid: p.token_ids for rid, p in proposals.by_request.items()}
         hidden, rows = self._forward(step.scheduled, drafts)
-        self._prompt_logprobs(step.scheduled, hidden, rows, output)
-        self._sample(step.scheduled, hidden, rows, drafts, output)
-        self._verify(step.scheduled, hidden, rows, proposals, output)
-        output.draft_computed.update(proposals.draft_computed)
-        return _with_timings(output, StepTimings(drafted - started, proposals.num_passes,
-                                                 time.perf_counter() - drafted))
+        sampling = self._start_sampling(step.scheduled, rows, hidden, drafts)
+        launched = time.perf_counter()
+
+        @torch.inference_mode()
+        def finish() -> ModelOutput:
+            finishing = time.perf_counter()
+            self._prompt_logprobs(step.scheduled, hidden, rows, output)
+            self._finish_sampling(sampling, output)
+            self._verify(step.scheduled, hidden, rows, proposals, output)
+            output.draft_computed.update(proposals.draft_computed)
+            # Target time: launching plus waiting for the results (not the caller's work between).
+            target_seconds = launched - drafted + time.perf_counter() - finishing
+            return _with_timings(output, StepTimings(drafted - started, proposals.num_passes, target_seconds))
+
+        return finish
 
     def _forward(self, scheduled: list[ScheduledRequest],
                  drafts: dict[str, list[int]]) -> tuple[torch.Tensor, SpanRows]:
@@ -100,18 +124,24 @@ class ModelRunner:
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
         return hidden, SpanRows(meta.query_start_loc_host[:-1], counts)
 
-    def _sample(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, rows: SpanRows,
-                drafts: dict[str, list[int]], output: ModelOutput) -> None:
-        """Ordinary requests: one token from the last position of their span."""
+    def _start_sampling(self, scheduled: list[ScheduledRequest], rows: SpanRows, hidden: torch.Tensor,
+                        drafts: dict[str, list[int]]) -> _PendingSamples | None:
+        """Ordinary requests: queue the choice of one token from the last position of their span."""
         chosen = [(i, item) for i, item in enumerate(scheduled)
                   if item.samples and item.request.request_id not in drafts]
         if not chosen:
-            return
+            return None
         rows_index = torch.tensor([rows.last(i) for i, _ in chosen], device=self.device)
         logits = self.model.compute_logits(hidden[rows_index])  # [len(chosen), vocab]
         sampling_rows = [self._row_for(item.request, ()) for _, item in chosen]
-        for (_, item), token in zip(chosen, sample(logits, sampling_rows)):
-            request_id = item.request.request_id
+        token_ids = choose(transform_logits(logits, sampling_rows), sampling_rows)  # [len(chosen)], on device
+        return _PendingSamples([item.request.request_id for _, item in chosen], sampling_rows, logits, token_ids)
+
+    def _finish_sampling(self, pending: _PendingSamples | None, output: ModelOutput) -> None:
+        if pending is None:
+            return
+        tokens = with_logprobs(pending.logits, pending.rows, pending.token_ids.tolist())
+        for request_id, token in zip(pending.request_ids, tokens):
             output.sampled[request_id] = [token.token_id]
             if token.logprob is not None:
                 output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]

@@ -109,7 +109,7 @@ def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
     """Pick one token per row. logits: [n, vocab] raw fp32 model logits."""
     transformed = transform_logits(logits, rows)
-    return _with_logprobs(logits, rows, choose(transformed, rows).tolist())
+    return with_logprobs(logits, rows, choose(transformed, rows).tolist())
 
 
 def choose(transformed: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -140,7 +140,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(draw_rows(probs.unsqueeze(0), generator)[0])
 
 
-def _with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: list[int]) -> list[SampledToken]:
+def with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: list[int]) -> list[SampledToken]:
+    """The chosen tokens, with their logprobs (from the raw logits) where a row asks."""
     if all(r.params.logprobs is None for r in rows):
         return [SampledToken(t, None, None) for t in token_ids]
     logprobs = logits.log_softmax(dim=-1)

@@ -91,7 +91,7 @@ async def test_failed_step_fails_streams_and_marks_engine_dead(engine: AsyncEngi
     def broken(_step):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(engine.core.runner, "execute", broken)
+    monkeypatch.setattr(engine.core.runner, "launch", broken)
     with pytest.raises(EngineDeadError, match="injected fault"):
         await collect(engine, [1, 2, 3])
     assert not engine.is_running

@@ -125,7 +125,7 @@ async def test_serve_exits_1_when_the_engine_dies(tiny_model_dirs: dict[str, Pat
     def broken_step(_step):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(engine.core.runner, "execute", broken_step)
+    monkeypatch.setattr(engine.core.runner, "launch", broken_step)
     task = asyncio.create_task(serve(engine, ServerConfig("tiny"), "127.0.0.1", port, log_interval_s=0))
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:

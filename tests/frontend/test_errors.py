@@ -188,7 +188,7 @@ async def test_dead_engine_answers_503(tiny_model_dirs: dict[str, Path], http: a
     def broken(_step: Any) -> Any:
         raise RuntimeError("injected fault")
 
-    engine.core.runner.execute = broken
+    engine.core.runner.launch = broken
     try:
         async with running_server(engine) as server:
             status, _, payload = await call(http, server.url("/v1/completions"), {"prompt": "hi"})
@@ -250,16 +250,16 @@ async def test_no_input_gives_a_500(server: Server, http: aiohttp.ClientSession,
 async def test_error_after_headers_is_an_sse_error_event(tiny_model_dirs: dict[str, Path],
                                                          http: aiohttp.ClientSession) -> None:
     engine = make_engine(tiny_model_dirs["llama"], num_kv_blocks=32)
-    execute, steps = engine.core.runner.execute, 0
+    launch, steps = engine.core.runner.launch, 0
 
     def fails_on_step_5(step: Any) -> Any:
         nonlocal steps
         steps += 1
         if steps == 5:
             raise RuntimeError("injected fault")
-        return execute(step)
+        return launch(step)
 
-    engine.core.runner.execute = fails_on_step_5
+    engine.core.runner.launch = fails_on_step_5
     try:
         async with running_server(engine) as server:
             body = {"prompt": [1, 2, 3], "max_tokens": 20, "ignore_eos": True, "stream": True}
