@@ -3,10 +3,18 @@
 Weights keep Hugging Face names except two fused projections: q/k/v into
 `qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three
 and two). `load_weights` maps checkpoint names onto them.
+
+The residual stream follows the fused add + norm pattern: each layer takes and
+returns (hidden, residual), where the stream's value is hidden + residual, and
+every norm after the first forms that sum and normalises it in one call
+(`fused_add_rms_norm`). The elementwise ops (norms, RoPE, SiLU-and-mul) come
+from one kernel set chosen at construction (`helix.worker.kernels`): fused
+Triton kernels on CUDA, the PyTorch reference elsewhere.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Iterable
 
 import torch
@@ -14,6 +22,8 @@ from torch import nn
 
 from helix.worker.attention import AttentionMetadata
 from helix.worker.attention.backend import AttentionBackend
+from helix.worker.kernels import torch_ops
+from helix.worker.kernels.backend import LayerKernels, select_layer_kernels
 from helix.worker.models.arch import ArchConfig
 from helix.worker.models.rope import RotaryEmbedding
 
@@ -28,16 +38,21 @@ _FUSED_SHARDS = {
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    """Normalise in fp32, scale in the model dtype (as transformers does), with `kernels`' ops."""
+
+    def __init__(self, size: int, eps: float, kernels: ModuleType):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32, scale in the model dtype (as transformers does).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        """x: [..., size] -> normalised x (the Triton kernels take [T, size] only)."""
+        return self.kernels.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, residual: [T, size] -> (norm(x + residual), x + residual)."""
+        return self.kernels.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -51,8 +66,9 @@ class Attention(nn.Module):
                             arch.num_kv_heads * arch.head_dim)
         self.qkv_proj = nn.Linear(arch.hidden_size, sum(self.shard_sizes), bias=arch.qkv_bias)
         self.o_proj = nn.Linear(arch.num_heads * arch.head_dim, arch.hidden_size, bias=False)
-        self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
-        self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
+        # Qwen3's per-head norms stay PyTorch: they normalise strided [T, heads, head_dim] views.
+        self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, torch_ops) if arch.qk_norm else None
+        self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, torch_ops) if arch.qk_norm else None
         self.rotary = rotary
         self.scale = arch.head_dim ** -0.5
         self.sliding_window = arch.sliding_window
@@ -72,53 +88,68 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, arch: ArchConfig):
+    def __init__(self, arch: ArchConfig, kernels: ModuleType):
         super().__init__()
-        self.intermediate_size = arch.intermediate_size
         self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+        return self.down_proj(self.kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding, backend: AttentionBackend):
+    def __init__(self, arch: ArchConfig, rotary: RotaryEmbedding, backend: AttentionBackend, kernels: ModuleType):
         super().__init__()
-        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
         self.self_attn = Attention(arch, rotary, backend)
-        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.mlp = MLP(arch)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
+        self.mlp = MLP(arch, kernels)
 
-    def forward(self, hidden: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), kv_cache, meta)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden, residual: [T, hidden_size], the stream being hidden + residual (residual None
+        before the first layer: the stream is hidden). Returns (mlp output, residual)."""
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.self_attn(hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend):
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend, kernels: ModuleType):
         super().__init__()
-        rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings, dtype)
+        rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings, dtype, kernels)
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(arch, rotary, backend) for _ in range(arch.num_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(arch, rotary, backend, kernels) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
 
     def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+        hidden, residual = self.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden = layer(hidden, kv_cache, meta)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, kv_cache, meta)
+        return self.norm.add_and_norm(hidden, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
-    """forward() -> final hidden states [num_tokens, hidden]; compute_logits() -> [n, vocab]."""
+    """forward() -> final hidden states [num_tokens, hidden]; compute_logits() -> [n, vocab].
 
-    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend):
+    `kernels` picks the elementwise ops; by default they are chosen for the
+    device the parameters are created on (torch's default device, which
+    `build_model` sets) and the dtype."""
+
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend,
+                 kernels: LayerKernels | None = None):
         super().__init__()
+        if kernels is None:
+            kernels = select_layer_kernels(torch.get_default_device(), dtype)
         self.arch = arch
         self.attention_backend = backend.name
-        self.model = DecoderModel(arch, dtype, backend)
+        self.layer_kernels = kernels.name
+        self.model = DecoderModel(arch, dtype, backend, kernels.impl)
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
 
@@ -35,22 +36,20 @@ def _llama3_scaled(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to q and k given each token's absolute position."""
+    """Applies RoPE to q and k given each token's absolute position.
 
-    def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int, dtype: torch.dtype):
+    cos/sin caches: [max_positions, head_dim] in the model dtype (the angles
+    of each frequency repeated for both halves, rotate-half convention)."""
+
+    def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int, dtype: torch.dtype,
+                 kernels: ModuleType):
         super().__init__()
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inverse_frequencies(rope, head_dim))
         angles = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.register_buffer("cos", angles.cos().to(dtype), persistent=False)
         self.register_buffer("sin", angles.sin().to(dtype), persistent=False)
+        self.kernels = kernels
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T]; q: [T, num_heads, head_dim]; k: [T, num_kv_heads, head_dim]
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return self.kernels.rotary_embedding(positions, q, k, self.cos, self.sin)

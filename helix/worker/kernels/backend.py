@@ -1,0 +1,30 @@
+"""Which implementation of the layer ops (norms, RoPE, SiLU-and-mul) a model uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from helix.worker.kernels import torch_ops
+
+
+@dataclass(frozen=True)
+class LayerKernels:
+    """A module exposing `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`
+    and `silu_and_mul` with the `torch_ops` signatures."""
+
+    name: str
+    impl: ModuleType
+
+
+def select_layer_kernels(device: torch.device, dtype: torch.dtype) -> LayerKernels:
+    """Fused Triton kernels on CUDA when Triton is installed and supports the
+    dtype; the PyTorch reference elsewhere."""
+    if device.type == "cuda":
+        from helix.worker.kernels import triton_ops
+
+        if triton_ops.AVAILABLE and dtype in triton_ops.SUPPORTED_DTYPES:
+            return LayerKernels("triton", triton_ops)
+    return LayerKernels("torch", torch_ops)

@@ -1,0 +1,50 @@
+"""The decoder layer's elementwise ops in plain PyTorch: the CPU/DirectML path
+and the oracle for `triton_ops`.
+
+Every function is pure (returns new tensors, never writes its inputs) and
+computes in the inputs' dtype exactly as the model always has: norms in fp32,
+cast back, then scaled in the model dtype (as transformers does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / rms(x)) over the last dim. x: [..., H]; weight: [H]; returns x's shape.
+
+    The normalisation runs in fp32 and is cast to x's dtype before the
+    multiplication by the weight."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual). x, residual: [T, H]; the sum is in their dtype."""
+    residual = x + residual
+    return rms_norm(residual, weight, eps), residual
+
+
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE (rotate-half convention) of q [T, Hq, D] and k [T, Hkv, D] at positions [T].
+
+    cos, sin: [max_positions, D] in q's dtype. Returns new rotated (q, k)."""
+    cos = cos[positions].unsqueeze(1)
+    sin = sin[positions].unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up]: [T, 2I] -> [T, I], in gate_up's dtype."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return nn.functional.silu(gate) * up
