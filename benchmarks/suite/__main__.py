@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{section}: {time.perf_counter() - section_started:.0f} s")
         results["wall_seconds"] = time.perf_counter() - started
         results["targets"] = report.target_checks(results)
-        path = _write_json(results)  # after every section: a cut-short run keeps what it measured
-    _log(f"wrote {path}")
-    if not args.no_markdown:
-        RESULTS_MD.write_text(report.markdown(results, path.relative_to(RESULTS_MD.parent)))
-        _log(f"wrote {RESULTS_MD}")
+        # After every section: a run cut short keeps what it measured.
+        path = _write_json(results)
+        if not args.no_markdown:
+            RESULTS_MD.write_text(report.markdown(results, path.relative_to(RESULTS_MD.parent)))
+    _log(f"wrote {path}" + ("" if args.no_markdown else f" and {RESULTS_MD}"))
     print(report.targets_table(results["targets"]))
     return 0
 

@@ -127,7 +127,9 @@ def test_speculation_with_graphs_equals_greedy(draft: str, tiny_model_dirs: dict
 def test_verify_graphs_match_eager_speculation(mode: str, tiny_model_dirs: dict[str, Path],
                                                unrelated_draft_dir: Path, greedy_prompts: list[list[int]]) -> None:
     """Speculative decoding with verify graphs (spans padded to q) and in eager
-    mode give the same tokens, greedy and seeded-sampled (fp32)."""
+    mode give the same tokens (fp32): greedy always; seeded sampling with a
+    fixed K. Adaptive K follows measured pass times, which differ between the
+    two modes, and each K consumes the request's generator differently."""
     options: dict[str, Any] = dict(device="cuda", dtype="float32", block_size=4, num_kv_blocks=1024,
                                    draft_model=str(unrelated_draft_dir), speculation_mode=mode,
                                    num_speculative_tokens=4, max_num_seqs=8, check_invariants=True)
@@ -143,4 +145,5 @@ def test_verify_graphs_match_eager_speculation(mode: str, tiny_model_dirs: dict[
         results[eager] = [o.outputs[0].token_ids for o in outputs]
         if not eager:
             assert any(q > 1 for _, q, _ in llm.engine.runner.graphs.replays), llm.engine.runner.graphs.replays
-    assert results[False] == results[True]
+    compared = len(prompts) if mode == "adaptive" else 2 * len(prompts)
+    assert results[False][:compared] == results[True][:compared]
