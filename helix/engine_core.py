@@ -12,6 +12,7 @@ import logging
 import queue
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,7 +58,7 @@ class EngineCore:
         self.dtype = resolve_dtype(args.dtype, self.device)
         source = model_source(self.model_config.model, args.load_format)
         self.arch = ArchConfig.from_hf(source.hf_config)
-        self.tokenizer = AutoTokenizer.from_pretrained(source.directory) if source.directory else None
+        self.tokenizer = _load_tokenizer(source.directory)
         self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
         self.max_model_len = _max_model_len(args.max_model_len, self.arch)
         model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
@@ -291,6 +292,17 @@ class EngineCore:
             return 0.0, 0.0
         elapsed = max(now - recent[0][0], 1e-3)
         return sum(e[1] for e in recent) / elapsed, sum(e[2] for e in recent) / elapsed
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(directory: Path | None) -> Any:
+    """The directory's tokenizer, or None where it has none (prompts are then token ids)."""
+    if directory is None or not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        logger.info("no tokenizer files in %s: prompts must be token ids and outputs have no text", directory)
+        return None
+    return AutoTokenizer.from_pretrained(directory)
 
 
 def _eos_token_ids(source: Any, tokenizer: Any) -> frozenset[int]:

@@ -1,11 +1,12 @@
 """One streaming request and what it measured.
 
 Timing follows vLLM's benchmark: the clock starts just before the POST; TTFT
-is the first SSE chunk that carries generated text (a chat stream's opening
-role-only chunk does not count), each later text-carrying chunk adds one
-inter-token gap, and the latency ends at `[DONE]`. Token counts come from the
-usage chunk (`stream_options.include_usage`); a server that sends none gets
-its output counted in text-carrying chunks.
+is the first SSE chunk that carries generated output (text, or for a model
+without a tokenizer a completions chunk of empty text and no finish reason; a
+chat stream's opening role-only chunk does not count), each later such chunk
+adds one inter-token gap, and the latency ends at `[DONE]`. Token counts come
+from the usage chunk (`stream_options.include_usage`); a server that sends
+none gets its output counted in output-carrying chunks.
 
 A stream that ends properly without any text (every token special, or an
 immediate stop) still completes: its TTFT is the chunk with the finish reason.
@@ -166,7 +167,7 @@ async def _read_stream(response: aiohttp.ClientResponse, result: RequestResult) 
                 result.output_tokens = int(message.usage.get("completion_tokens") or 0)
             if message.finished and finish_time is None:
                 finish_time = now
-            if message.text:
+            if message.carries_output:
                 if last is None:
                     result.ttft = now - result.start
                 else:

@@ -91,7 +91,15 @@ class Message:
     usage: dict[str, Any] | None = None
     has_choices: bool = False
     finished: bool = False  # some choice carries a finish_reason
+    # A completions choice with empty text and no finish_reason: tokens without text,
+    # as servers stream them for models that have no tokenizer.
+    tokens_without_text: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def carries_output(self) -> bool:
+        """Whether this chunk brings generated output (text, or tokens without text)."""
+        return bool(self.text) or self.tokens_without_text
 
 
 def interpret(event: Event) -> Message:
@@ -111,8 +119,10 @@ def interpret(event: Event) -> Message:
     text = "".join(_choice_text(choice) for choice in choices if isinstance(choice, dict))
     usage = body.get("usage")
     finished = any(isinstance(choice, dict) and choice.get("finish_reason") is not None for choice in choices)
+    tokens_without_text = any(isinstance(choice, dict) and choice.get("text") == "" and "delta" not in choice
+                              and choice.get("finish_reason") is None for choice in choices)
     return Message(text=text, usage=usage if isinstance(usage, dict) else None, has_choices=bool(choices),
-                   finished=finished, raw=body)
+                   finished=finished, tokens_without_text=tokens_without_text, raw=body)
 
 
 def error_text(error: Any) -> str:

@@ -128,8 +128,10 @@ class _Chunks:
             index = self.view.choice_index(prompt_index, completion.index)
             progress = self.progress.setdefault(index, _ChoiceProgress())
             # Tokens without text yet (a partial character, a held-back stop-string prefix)
-            # wait for the next chunk; their logprobs travel with it.
-            if not (completion.delta_text or (completion.finished and not progress.finish_sent)):
+            # wait for the next chunk; their logprobs travel with it. A model without a
+            # tokenizer has no text at all: each step's tokens get an empty-text chunk.
+            new_tokens = self.view.state.tokenizer is None and bool(completion.delta_token_ids)
+            if not (completion.delta_text or new_tokens or (completion.finished and not progress.finish_sent)):
                 continue
             echo = "" if progress.echoed else self.view.echo(prompt)
             logprobs = self.view.logprobs(prompt, output, completion, progress.tokens_sent, echo,

@@ -99,3 +99,14 @@ def test_completion_and_chat_text() -> None:
     assert content.text == "hi"
     final = interpret(Event(json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})))
     assert final.text == "" and final.finished
+
+
+def test_tokens_without_text_carry_output() -> None:
+    """A tokenizer-less model streams empty-text completion chunks; they are output
+    (TTFT and gaps are timed on them), unlike a finish-only chunk or a chat role chunk."""
+    [empty, finish, role] = feed_all([completion_chunk(""), completion_chunk("", "length"),
+                                      b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n'])
+    assert interpret(empty).carries_output and not interpret(empty).text
+    assert not interpret(finish).carries_output and interpret(finish).finished
+    assert not interpret(role).carries_output
+    assert interpret(feed_all([completion_chunk("Hi")])[0]).carries_output
