@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", default="1,4,inf", help="Served request rates (requests/s; inf saturates).")
     parser.add_argument("--skip-hf", action="store_true", help="Leave out the transformers baselines.")
     parser.add_argument("--no-markdown", action="store_true", help="Write the JSON only, not RESULTS.md.")
+    parser.add_argument("--commit", help="Commit of the code under test (default: from git; give it where the "
+                                         "checkout's git metadata is missing or stale).")
     return parser.parse_args(argv)
 
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     started = time.perf_counter()
-    results: dict[str, Any] = _environment(argv)
+    results: dict[str, Any] = _environment(argv, args.commit)
     bandwidth = roofline.copy_bandwidth_bytes_per_s(torch.device("cuda"))
     results["copy_bandwidth_gb_s"] = bandwidth / 1e9
     _log(f"{results['card']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
@@ -188,19 +190,24 @@ def _guarded(name: str, run: Callable[[], Any]) -> Any:
         return {"error": f"{type(error).__name__}: {error}"}
 
 
-def _environment(argv: list[str] | None) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS_DIR.parent).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=RESULTS_DIR.parent).stdout.strip()
+def _environment(argv: list[str] | None, commit: str | None) -> dict[str, Any]:
     return {
         "card": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": commit or _git_commit(),
         "command": " ".join(["python -m benchmarks.suite", *(argv if argv is not None else sys.argv[1:])]),
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def _git_commit() -> str:
+    """HEAD's short hash, marked -dirty when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS_DIR.parent).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=RESULTS_DIR.parent).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
 
 
 def _write_json(results: dict[str, Any]) -> Path:
