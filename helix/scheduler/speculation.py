@@ -25,6 +25,13 @@ _PRIOR_ACCEPTED = 3.0  # prior pseudo-counts: a fresh request starts at a = 0.75
 _PRIOR_TRIALS = 4.0
 _DECAY = 0.9           # per-step decay of a request's acceptance counts
 _COST_SMOOTHING = 0.2
+# One observed ratio counts at most this much: a draft pass dearer than a target
+# pass already rules speculation out, and a one-off outlier (a kernel compiling on
+# first use) must not keep it ruled out.
+_MAX_COST_RATIO = 1.0
+# When K = 0 looks best, one such decision in this many speculates K = 1 anyway,
+# so acceptance and cost keep being measured and a wrong estimate can recover.
+_PROBE_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class SpeculationPolicy:
     def __init__(self, config: SpeculationConfig):
         self.config = config
         self.cost_ratio = config.initial_cost_ratio
+        self._zero_choices = 0
 
     def acceptance_rate(self, request: Request) -> float:
         return (request.spec_accepted_ema + _PRIOR_ACCEPTED) / (request.spec_trials_ema + _PRIOR_TRIALS)
@@ -71,7 +79,12 @@ class SpeculationPolicy:
             return k_max
         a = self.acceptance_rate(request)
         rates = [expected_tokens(a, k) / (1.0 + k * self.cost_ratio) for k in range(k_max + 1)]
-        return max(range(k_max + 1), key=lambda k: (rates[k], -k))
+        best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
+        if best == 0:
+            self._zero_choices += 1
+            if self._zero_choices % _PROBE_EVERY == 0:
+                return 1
+        return best
 
     def fit_to_budget(self, choices: dict[Request, int], other_tokens: int) -> dict[Request, int]:
         """Drop the least valuable draft tokens until the step fits the token budget."""
@@ -100,7 +113,7 @@ class SpeculationPolicy:
     def observe_cost(self, timings: StepTimings) -> None:
         """Track r = (seconds per draft pass) / (seconds per target pass)."""
         if timings.draft_passes > 0 and timings.target_seconds > 0:
-            ratio = timings.draft_seconds / timings.draft_passes / timings.target_seconds
+            ratio = min(timings.draft_seconds / timings.draft_passes / timings.target_seconds, _MAX_COST_RATIO)
             self.cost_ratio += _COST_SMOOTHING * (ratio - self.cost_ratio)
 
 

@@ -98,7 +98,9 @@ class ModelRunner:
             output.draft_computed.update(proposals.draft_computed)
             # Target time: launching plus waiting for the results (not the caller's work between).
             target_seconds = launched - drafted + time.perf_counter() - finishing
-            return _with_timings(output, StepTimings(drafted - started, proposals.num_passes, target_seconds))
+            # Draft passes that only mirrored prompt chunks are not what a draft token costs.
+            draft_passes = proposals.num_passes if proposals.by_request else 0
+            return _with_timings(output, StepTimings(drafted - started, draft_passes, target_seconds))
 
         return finish
 
