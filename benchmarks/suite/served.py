@@ -106,7 +106,8 @@ def run_rate(base_url: str, rate: float, num_prompts: int, dataset: Path, work_d
     if completed.returncode != 0:
         raise RuntimeError(f"load client failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
     result = json.loads(result_file.read_text())
-    result["command"] = " ".join(command[1:]).replace(base_url, "$URL").replace(str(dataset), "prompts.jsonl")
+    result["command"] = (" ".join(command[1:]).replace(base_url, "$URL").replace(str(dataset), "prompts.jsonl")
+                         .replace(str(result_file), "result.json"))
     return result
 
 
