@@ -45,7 +45,8 @@ _RATE_WINDOW_S = 10.0
 
 
 class EngineCore:
-    def __init__(self, args: EngineArgs):
+    def __init__(self, args: EngineArgs, stream_outputs: bool = True):
+        """stream_outputs=False: `step` returns only finished outputs (offline use)."""
         self.args = args
         self.model_config = ModelConfig(model=args.target_path, device=args.device, dtype=args.dtype,
                                         load_format=args.load_format, max_model_len=args.max_model_len,
@@ -81,7 +82,7 @@ class EngineCore:
                                  watermark=self.scheduler_config.watermark)
         self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),
                                    has_draft_cache=draft is not None)
-        self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish)
+        self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish, stream_outputs)
         self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         # The last step's updates, turned into outputs while the next step runs.
         self._unprocessed: tuple[SchedulerOutput, list[RequestUpdate]] | None = None

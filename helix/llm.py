@@ -23,7 +23,7 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any):
-        self.engine = EngineCore(EngineArgs.from_kwargs(model=model, **kwargs))
+        self.engine = EngineCore(EngineArgs.from_kwargs(model=model, **kwargs), stream_outputs=False)
         self._ids = itertools.count()
 
     @property

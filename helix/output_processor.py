@@ -29,9 +29,12 @@ class _ParentState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, finish: Callable[[str, FinishReason], None]):
+    def __init__(self, tokenizer: Any, finish: Callable[[str, FinishReason], None], stream_outputs: bool = True):
         self.tokenizer = tokenizer
         self._finish = finish
+        # False: only finished outputs are returned (offline generate), which saves
+        # copying every live request's output every step.
+        self.stream_outputs = stream_outputs
         self._parents: dict[str, _ParentState] = {}
         self._parent_of: dict[str, str] = {}
 
@@ -66,6 +69,8 @@ class OutputProcessor:
         for parent_id, output in touched.items():
             if output.finished:
                 self._forget(parent_id)
+        if not self.stream_outputs:  # a finished output is forgotten here: no later step changes it
+            return [output for output in touched.values() if output.finished]
         return [output.snapshot() for output in touched.values()]
 
     def parent_id(self, child_id: str) -> str | None:
