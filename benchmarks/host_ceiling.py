@@ -1,0 +1,115 @@
+"""The host's ceiling: tokens per second when the model costs nothing.
+
+The runner is replaced by a stub that "samples" a fixed token for every
+request at once, so what remains is Helix's own Python: scheduling, block
+accounting, output processing, and for the served figure the asyncio
+streams, HTTP and SSE. Offline (`LLM.generate`) and served (`helix serve`'s
+app in a child process, driven by the load client) run the same requests.
+A GPU run whose throughput nears these figures is host-bound.
+
+    PYTHONPATH=. python3 benchmarks/host_ceiling.py [--requests 256] [--output-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.suite import helix_offline, served
+from helix import LLM, SamplingParams
+from helix.engine import AsyncEngine
+from helix.engine_args import embedded_model_path
+from helix.scheduler.outputs import ModelOutput, SchedulerOutput
+
+_STUB_TOKEN = 7
+
+
+def stub_launch(step: SchedulerOutput) -> Callable[[], ModelOutput]:
+    """The runner's contract without a model: one token for every request that samples."""
+    output = ModelOutput(sampled={item.request.request_id: [_STUB_TOKEN] for item in step.scheduled if item.samples})
+    return lambda: output
+
+
+def engine_options(max_num_seqs: int) -> dict[str, Any]:
+    return dict(device="cpu", num_kv_blocks=32768, max_num_seqs=max_num_seqs, max_num_batched_tokens=16384,
+                speculative_method=None)
+
+
+def offline(prompts: list[list[int]], output_len: int) -> float:
+    llm = LLM(embedded_model_path("target"), **engine_options(len(prompts)))
+    llm.engine.runner.launch = stub_launch
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    started = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return len(prompts) * output_len / (time.perf_counter() - started)
+
+
+async def serve_stub(port: int, max_num_seqs: int) -> None:
+    from helix.frontend.server import serve
+    from helix.frontend.state import ServerConfig
+
+    engine = AsyncEngine(embedded_model_path("target"), **engine_options(max_num_seqs))
+    engine.core.runner.launch = stub_launch
+    await serve(engine, ServerConfig(served_model_name="stub"), "127.0.0.1", port, log_interval_s=0.0)
+
+
+def served_rate(prompts: list[list[int]], output_len: int) -> dict[str, Any]:
+    port = served.free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--requests", str(len(prompts))],
+                              env=served._child_env())
+    try:
+        _wait_healthy(port)
+        with tempfile.TemporaryDirectory() as work:
+            dataset = Path(work) / "prompts.jsonl"
+            served.write_prompts(prompts, output_len, dataset)
+            return served.run_rate(f"http://127.0.0.1:{port}", math.inf, len(prompts), dataset, Path(work))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _wait_healthy(port: int, timeout_s: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("the stub server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.serve is not None:
+        try:  # as `helix serve` runs
+            import uvloop
+        except ImportError:
+            asyncio.run(serve_stub(args.serve, args.requests))
+        else:
+            uvloop.run(serve_stub(args.serve, args.requests))
+        return
+    prompts = helix_offline.throughput_requests(args.requests, 128, 512, 4096)
+    offline_tok_s = offline(prompts, args.output_len)
+    result = served_rate(prompts, args.output_len)
+    print(json.dumps({"requests": args.requests, "output_len": args.output_len,
+                      "offline_tok_s": round(offline_tok_s), "served_tok_s": round(result["output_throughput"]),
+                      "served_median_tpot_ms": round(result["median_tpot_ms"], 2)}))
+
+
+if __name__ == "__main__":
+    main()

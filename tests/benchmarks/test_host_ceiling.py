@@ -1,0 +1,15 @@
+"""The host-ceiling benchmark's stub runner keeps the runner's contract: every
+request gets exactly its max_tokens, blocks come back, and the served figure
+comes from a real `helix serve` app under the load client."""
+
+from __future__ import annotations
+
+from benchmarks import host_ceiling
+from benchmarks.suite import helix_offline
+
+
+def test_offline_and_served_ceilings_run_to_completion() -> None:
+    prompts = helix_offline.throughput_requests(6, 8, 24, 4096)
+    assert host_ceiling.offline(prompts, 5) > 0
+    result = host_ceiling.served_rate(prompts, 5)
+    assert result["completed"] == 6 and result["total_output_tokens"] == 30
