@@ -1,4 +1,5 @@
-"""EngineArgs: every user-facing engine option in one flat, frozen record.
+"""EngineArgs: every user-facing engine option in one flat, frozen record,
+validated once at construction.
 
 `LLM(**kwargs)`, `AsyncEngine(**kwargs)` and the `helix serve` flags are all
 generated from these fields, so an option exists everywhere or nowhere.
@@ -10,6 +11,16 @@ import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
+
+
+_LOAD_FORMATS = ("auto", "safetensors", "dummy")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICES = ("auto", "cuda", "cpu", "directml")
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field_name}: {message}")
 
 
 def _option(default: Any, help_text: str) -> Any:
@@ -51,6 +62,25 @@ class EngineArgs:
         os.environ.get("HELIX_CHECK_INVARIANTS", "0") == "1",
         "Debug: verify KV block accounting after every step (default from HELIX_CHECK_INVARIANTS=1).")
     enforce_eager: bool = _option(False, "Disable CUDA graphs (run every forward eagerly).")
+
+    def __post_init__(self) -> None:
+        """Each field is checked once, here; errors name the field."""
+        _require(self.model is None or bool(self.model), "model", "must be a non-empty path or name")
+        _require(self.device in _DEVICES or self.device.startswith("cuda:"), "device",
+                 f"must be one of {_DEVICES} or cuda:N, got {self.device!r}")
+        _require(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
+        _require(self.load_format in _LOAD_FORMATS, "load_format",
+                 f"must be one of {_LOAD_FORMATS}, got {self.load_format!r}")
+        _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len",
+                 f"must be positive, got {self.max_model_len}")
+        _require(self.block_size > 0 and self.block_size & (self.block_size - 1) == 0, "block_size",
+                 f"must be a positive power of two, got {self.block_size}")
+        _require(self.num_kv_blocks is None or self.num_kv_blocks > 0, "num_kv_blocks",
+                 f"must be positive, got {self.num_kv_blocks}")
+        _require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        _require(self.cpu_kv_cache_gib > 0, "cpu_kv_cache_gib", f"must be positive, got {self.cpu_kv_cache_gib}")
+        _require(self.swap_space >= 0, "swap_space", f"must be >= 0 GiB, got {self.swap_space}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":

@@ -19,7 +19,6 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from helix.block_manager.kv_cache_manager import KVCacheManager
-from helix.config import CacheConfig, ModelConfig
 from helix.engine_args import EngineArgs
 from helix.output_processor import OutputProcessor, child_request_id
 from helix.outputs import RequestOutput
@@ -48,16 +47,9 @@ class EngineCore:
     def __init__(self, args: EngineArgs, stream_outputs: bool = True):
         """stream_outputs=False: `step` returns only finished outputs (offline use)."""
         self.args = args
-        self.model_config = ModelConfig(model=args.target_path, device=args.device, dtype=args.dtype,
-                                        load_format=args.load_format, max_model_len=args.max_model_len,
-                                        seed=args.seed)
-        self.cache_config = CacheConfig(block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
-                                        gpu_memory_utilization=args.gpu_memory_utilization,
-                                        cpu_kv_cache_gib=args.cpu_kv_cache_gib, swap_space=args.swap_space,
-                                        enable_prefix_caching=args.enable_prefix_caching)
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
-        source = model_source(self.model_config.model, args.load_format)
+        source = model_source(args.target_path, args.load_format)
         self.arch = ArchConfig.from_hf(source.hf_config)
         self.tokenizer = _load_tokenizer(source.directory)
         self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
@@ -110,7 +102,7 @@ class EngineCore:
         block_bytes = bytes_per_block(self.arch, self.args.block_size, self.dtype)
         if draft is not None:
             block_bytes += bytes_per_block(draft.arch, self.args.block_size, self.dtype)
-        num_gpu_blocks = num_blocks_for_budget(self.cache_config, block_bytes, self.device)
+        num_gpu_blocks = num_blocks_for_budget(self.args, block_bytes, self.device)
         return num_gpu_blocks, num_swap_blocks(self.args.swap_space, num_gpu_blocks, block_bytes)
 
     def _acceptance(self) -> AcceptFn:

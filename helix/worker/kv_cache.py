@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helix.config import CacheConfig
+from helix.engine_args import EngineArgs
 from helix.worker.models.arch import ArchConfig
 
 _GIB = 1 << 30
@@ -22,8 +22,9 @@ def bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> in
     return arch.num_layers * 2 * block_size * arch.num_kv_heads * arch.head_dim * element_size
 
 
-def num_blocks_for_budget(cache: CacheConfig, block_bytes: int, device: torch.device) -> int:
-    """How many blocks fit: `num_kv_blocks` if set, else the memory budget."""
+def num_blocks_for_budget(cache: EngineArgs, block_bytes: int, device: torch.device) -> int:
+    """How many blocks fit: `num_kv_blocks` if set, else the memory budget
+    (`gpu_memory_utilization` of the card on CUDA, `cpu_kv_cache_gib` elsewhere)."""
     if cache.num_kv_blocks is not None:
         return cache.num_kv_blocks
     if device.type == "cuda":
