@@ -24,7 +24,6 @@ import datetime
 import functools
 import json
 import logging
-import math
 import subprocess
 import sys
 import time
@@ -214,14 +213,8 @@ def _write_json(results: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
     card = results["card"].replace("NVIDIA ", "").replace(" ", "-")
     path = RESULTS_DIR / f"{results['date'][:10]}-{card}-{results['commit']}.json"
-    path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(results, indent=2) + "\n")
     return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def _log(message: str) -> None:
