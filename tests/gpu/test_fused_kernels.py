@@ -28,8 +28,6 @@ least 75% of the rows.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 
 import pytest
@@ -45,6 +43,7 @@ from helix.worker.models import ArchConfig, LlamaForCausalLM
 from helix.worker.models.arch import RopeConfig
 from helix.worker.models.llama import init_dummy_weights
 from helix.worker.models.rope import RotaryEmbedding
+from tests.gpu.kernel_checks import fresh_seed, poison_allocator, report
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and fused.AVAILABLE), reason="needs CUDA and Triton")
 DEVICE = torch.device("cuda")
@@ -73,15 +72,7 @@ def _report_errors(request: pytest.FixtureRequest):
     lines = [f"fused kernels: {len(_ERRORS)} comparisons; worst per kernel and dtype:"]
     lines += [f"  {key}: " + ", ".join(f"{s} {v:.3e}" for s, v in stats.items())
               for key, stats in sorted(worst.items())]
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            for line in lines:
-                reporter.write_line(line)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "fused_kernel_errors.json"), "w") as f:
-            json.dump({"worst": worst, "all": _ERRORS}, f, indent=1)
+    report(request, lines, "fused_kernel_errors.json", {"worst": worst, "all": _ERRORS})
 
 
 def _worst_errors() -> dict[str, dict[str, float]]:
@@ -91,17 +82,6 @@ def _worst_errors() -> dict[str, dict[str, float]]:
         key = name.split("|")[0]
         worst[key] = {s: max(v, worst.get(key, {}).get(s, 0.0)) for s, v in stats.items()}
     return worst
-
-
-def _seed() -> int:
-    return random.SystemRandom().randrange(2**31)
-
-
-def _poison_allocator() -> None:
-    """Leave NaN in the blocks the caching allocator hands out next (both pools)."""
-    big = torch.full((64 << 20,), float("nan"), device=DEVICE)
-    small = [torch.full((128 << 10,), float("nan"), device=DEVICE) for _ in range(16)]
-    del big, small
 
 
 def _randn(shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
@@ -131,11 +111,11 @@ def _check(name: str, out: torch.Tensor, ref: torch.Tensor, exact: bool, seed: i
 @pytest.mark.parametrize("hidden", HIDDEN_SIZES)
 @pytest.mark.parametrize("num_tokens", TOKENS)
 def test_rms_norm(num_tokens: int, hidden: int, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     x = _randn((num_tokens, hidden), dtype, gen, scale=3.0)
     weight = (1.0 + _randn((hidden,), torch.float32, gen, scale=0.1)).to(dtype)
-    _poison_allocator()
+    poison_allocator(DEVICE)
     out = fused.rms_norm(x, weight, EPS)
     _check(f"rms_norm[{num_tokens}x{hidden}]", out, reference.rms_norm(x, weight, EPS), exact=False, seed=seed)
 
@@ -144,13 +124,13 @@ def test_rms_norm(num_tokens: int, hidden: int, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("hidden", HIDDEN_SIZES)
 @pytest.mark.parametrize("num_tokens", TOKENS)
 def test_fused_add_rms_norm(num_tokens: int, hidden: int, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     x = _randn((num_tokens, hidden), dtype, gen)
     residual = _randn((num_tokens, hidden), dtype, gen, scale=3.0)
     weight = (1.0 + _randn((hidden,), torch.float32, gen, scale=0.1)).to(dtype)
     x_before, residual_before = x.clone(), residual.clone()
-    _poison_allocator()
+    poison_allocator(DEVICE)
     out, new_residual = fused.fused_add_rms_norm(x, residual, weight, EPS)
     ref_out, ref_residual = reference.fused_add_rms_norm(x, residual, weight, EPS)
     name = f"{num_tokens}x{hidden}"
@@ -164,7 +144,7 @@ def test_fused_add_rms_norm(num_tokens: int, hidden: int, dtype: torch.dtype) ->
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("num_tokens", TOKENS)
 def test_rotary_embedding(num_tokens: int, head_dim: int, ratio: int, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     num_kv_heads = NUM_HEADS // ratio
     # q and k as strided views of one fused projection, as the model produces them.
@@ -175,7 +155,7 @@ def test_rotary_embedding(num_tokens: int, head_dim: int, ratio: int, dtype: tor
     positions = torch.randint(0, MAX_POSITIONS, (num_tokens,), generator=gen).to(DEVICE)
     rotary = RotaryEmbedding(RopeConfig(theta=10000.0), head_dim, MAX_POSITIONS, dtype, reference).to(DEVICE)
     qkv_before = qkv.clone()
-    _poison_allocator()
+    poison_allocator(DEVICE)
     q_out, k_out = fused.rotary_embedding(positions, q, k, rotary.cos, rotary.sin)
     q_ref, k_ref = reference.rotary_embedding(positions, q, k, rotary.cos, rotary.sin)
     name = f"{num_tokens}x{NUM_HEADS}/{num_kv_heads}x{head_dim}"
@@ -188,10 +168,10 @@ def test_rotary_embedding(num_tokens: int, head_dim: int, ratio: int, dtype: tor
 @pytest.mark.parametrize("inter", INTERMEDIATE_SIZES)
 @pytest.mark.parametrize("num_tokens", TOKENS)
 def test_silu_and_mul(num_tokens: int, inter: int, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     gate_up = _randn((num_tokens, 2 * inter), dtype, gen, scale=3.0)
-    _poison_allocator()
+    poison_allocator(DEVICE)
     out = fused.silu_and_mul(gate_up)
     _check(f"silu_and_mul[{num_tokens}x{inter}]", out, reference.silu_and_mul(gate_up), exact=False, seed=seed)
 

@@ -22,8 +22,6 @@ fp32 (exact, non-TF32 dot products): 1e-5.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 import pytest
@@ -32,6 +30,7 @@ import torch
 from helix.worker.attention import torch_attention as reference
 from helix.worker.attention import triton_attention as tri
 from helix.worker.attention.metadata import AttentionMetadata, SequenceSpan, build_attention_metadata
+from tests.gpu.kernel_checks import fresh_seed, poison_allocator, report
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and tri.AVAILABLE), reason="needs CUDA and Triton")
 CUDA = torch.device("cuda")
@@ -45,7 +44,6 @@ def _report_errors(request: pytest.FixtureRequest):
     yield
     if not _ERRORS:
         return
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
     worst = max(_ERRORS.items(), key=lambda kv: kv[1])
     lines = [f"triton attention: {len(_ERRORS)} comparisons, max relative error {worst[1]:.3e} ({worst[0]})"]
     by_dtype: dict[str, float] = {}
@@ -54,25 +52,7 @@ def _report_errors(request: pytest.FixtureRequest):
         by_dtype[dtype] = max(by_dtype.get(dtype, 0.0), err)
     lines += [f"  max relative error {dtype}: {err:.3e} (bound {BOUNDS[getattr(torch, dtype)]:.0e})"
               for dtype, err in sorted(by_dtype.items())]
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            for line in lines:
-                reporter.write_line(line)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "attention_errors.json"), "w") as f:
-            json.dump({"max_by_dtype": by_dtype, "all": _ERRORS}, f, indent=1)
-
-
-def _seed() -> int:
-    return random.SystemRandom().randrange(2**31)
-
-
-def _poison_allocator() -> None:
-    """Leave NaN in the blocks the caching allocator hands out next (both pools)."""
-    big = torch.full((64 << 20,), float("nan"), device=CUDA)
-    small = [torch.full((128 << 10,), float("nan"), device=CUDA) for _ in range(16)]
-    del big, small
+    report(request, lines, "attention_errors.json", {"max_by_dtype": by_dtype, "all": _ERRORS})
 
 
 class Case:
@@ -81,7 +61,7 @@ class Case:
     def __init__(self, specs: list[tuple[int, int]], num_heads: int, num_kv_heads: int, head_dim: int,
                  block_size: int, dtype: torch.dtype = torch.bfloat16, seed: int | None = None,
                  table_blocks: int | None = None, spare_blocks: int = 5):
-        self.seed = _seed() if seed is None else seed
+        self.seed = fresh_seed() if seed is None else seed
         rng = random.Random(self.seed)
         gen = torch.Generator(device=CUDA).manual_seed(self.seed)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -119,7 +99,7 @@ class Case:
                                          self.scale, window)
 
     def run(self, window: int | None = None, num_splits: int | None = None) -> torch.Tensor:
-        _poison_allocator()
+        poison_allocator(CUDA)
         out = torch.full_like(self.query, float("nan"))
         tri.paged_attention_into(self.query, self.kv_cache, self.meta, self.scale, window, out=out,
                                  num_splits=num_splits)
@@ -157,7 +137,7 @@ def test_write_kv_other_dtypes(dtype: torch.dtype) -> None:
 
 
 def _check_write_kv(block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     gen = torch.Generator(device=CUDA).manual_seed(seed)
     num_blocks, num_tokens = 97, 533
     cache = torch.randn((2, num_blocks, block_size, num_kv_heads, head_dim), device=CUDA, generator=gen).to(dtype)
@@ -203,7 +183,7 @@ def _shuffled(specs: list[tuple[int, int]], seed: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("num_heads,num_kv_heads", GQA_SHAPES)
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_decode_batch(block_size: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     case = Case(_shuffled(DECODE_SPECS, seed), num_heads, num_kv_heads, head_dim, block_size, seed=seed)
     assert tri.choose_launch(case.meta, num_heads, num_kv_heads, head_dim, case.dtype, CUDA)["decode"]
     case.check(f"decode bs{block_size} h{num_heads}/{num_kv_heads} d{head_dim}")
@@ -213,7 +193,7 @@ def test_decode_batch(block_size: int, num_heads: int, num_kv_heads: int, head_d
 @pytest.mark.parametrize("num_heads,num_kv_heads", GQA_SHAPES)
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_mixed_batch(block_size: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     case = Case(_shuffled(MIXED_SPECS, seed), num_heads, num_kv_heads, head_dim, block_size, seed=seed)
     case.check(f"mixed bs{block_size} h{num_heads}/{num_kv_heads} d{head_dim}")
 
@@ -227,7 +207,7 @@ def test_mixed_batch(block_size: int, num_heads: int, num_kv_heads: int, head_di
 @pytest.mark.parametrize("kind", ["decode", "mixed"])
 def test_sliding_window(kind: str, block_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                         window: int) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     specs = DECODE_SPECS if kind == "decode" else MIXED_SPECS
     case = Case(_shuffled(specs, seed), num_heads, num_kv_heads, head_dim, block_size, seed=seed)
     case.check(f"window{window} {kind} bs{block_size} h{num_heads}/{num_kv_heads} d{head_dim}", window=window)
@@ -237,7 +217,7 @@ def test_sliding_window(kind: str, block_size: int, num_heads: int, num_kv_heads
 @pytest.mark.parametrize("kind", ["decode", "mixed"])
 def test_forced_splits(kind: str, num_splits: int) -> None:
     """Split-KV on every kind of span (the heuristic only splits small batches)."""
-    seed = _seed()
+    seed = fresh_seed()
     specs = DECODE_SPECS if kind == "decode" else MIXED_SPECS
     case = Case(_shuffled(specs, seed), 32, 4, 64, 16, seed=seed)
     case.check(f"splits{num_splits} {kind}", num_splits=num_splits)
@@ -246,7 +226,7 @@ def test_forced_splits(kind: str, num_splits: int) -> None:
 
 def test_large_decode_batch() -> None:
     """Batch 128 of mixed lengths: enough programs that the heuristic does not split."""
-    seed = _seed()
+    seed = fresh_seed()
     rng = random.Random(seed)
     specs = [(rng.randrange(0, 2048), 1) for _ in range(128)]
     case = Case(specs, 32, 4, 64, 16, seed=seed)
@@ -256,7 +236,7 @@ def test_large_decode_batch() -> None:
 
 def test_verification_batch() -> None:
     """32 sequences x 5-token verification spans, the speculative-decoding step."""
-    seed = _seed()
+    seed = fresh_seed()
     rng = random.Random(seed)
     specs = [(rng.randrange(0, 3000), 5) for _ in range(32)]
     case = Case(specs, 32, 4, 64, 16, seed=seed)
@@ -267,7 +247,7 @@ def test_verification_batch() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("kind", ["decode", "mixed"])
 def test_other_dtypes(kind: str, dtype: torch.dtype) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     specs = DECODE_SPECS if kind == "decode" else MIXED_SPECS
     case = Case(_shuffled(specs, seed), 32, 8, 128, 16, dtype=dtype, seed=seed)
     case.check(f"{kind} h32/8 d128")
@@ -279,7 +259,7 @@ def test_other_dtypes(kind: str, dtype: torch.dtype) -> None:
     (64, 8, 8, 80),   # head_dim not a power of two
 ])
 def test_small_shapes(block_size: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     specs = [(0, 9), (3, 1), (37, 5), (0, 0), (100, 40), (12, 1)]
     case = Case(_shuffled(specs, seed), num_heads, num_kv_heads, head_dim, block_size, seed=seed)
     case.check(f"small bs{block_size} h{num_heads}/{num_kv_heads} d{head_dim}")
@@ -310,7 +290,7 @@ def test_cuda_graph_replay_with_new_metadata(kind: str) -> None:
     """Captured once, replayed on other sequences of the same batch shape."""
     num_seqs, q_len = 8, (1 if kind == "decode" else 5)
     table_blocks = 4096 // 16
-    seed = _seed()
+    seed = fresh_seed()
     rng = random.Random(seed)
     first = Case([(rng.randrange(0, 4000), q_len) for _ in range(num_seqs)], 32, 4, 64, 16, seed=seed,
                  table_blocks=table_blocks)
