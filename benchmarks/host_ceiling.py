@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,30 +62,11 @@ async def serve_stub(port: int, max_num_seqs: int) -> None:
 
 def served_rate(prompts: list[list[int]], output_len: int) -> dict[str, Any]:
     port = served.free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--requests", str(len(prompts))],
-                              env=served._child_env())
-    try:
-        _wait_healthy(port)
-        with tempfile.TemporaryDirectory() as work:
-            dataset = Path(work) / "prompts.jsonl"
-            served.write_prompts(prompts, output_len, dataset)
-            return served.run_rate(f"http://127.0.0.1:{port}", math.inf, len(prompts), dataset, Path(work))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-
-
-def _wait_healthy(port: int, timeout_s: float = 120.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError("the stub server did not start")
+    command = [sys.executable, __file__, "--serve", str(port), "--requests", str(len(prompts))]
+    with served.ServerProcess(command, port) as server, tempfile.TemporaryDirectory() as work:
+        dataset = Path(work) / "prompts.jsonl"
+        served.write_prompts(prompts, output_len, dataset)
+        return served.run_rate(server.base_url, math.inf, len(prompts), dataset, Path(work))
 
 
 def main() -> None:

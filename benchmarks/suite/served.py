@@ -42,11 +42,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`helix serve` with the given flags, started and stopped around a with-block."""
+    """A server command (listening on `port`) in a child process: started and
+    awaited until /health answers on entering a with-block, SIGTERM on leaving."""
 
-    def __init__(self, flags: list[str], startup_timeout_s: float = 300.0):
-        self.port = free_port()
-        self.command = [sys.executable, "-m", "helix.cli", "serve", "--port", str(self.port), *flags]
+    def __init__(self, command: list[str], port: int, startup_timeout_s: float = 300.0):
+        self.port = port
+        self.command = command
         self.startup_timeout_s = startup_timeout_s
         self._log = tempfile.TemporaryFile()
         self._process: subprocess.Popen[bytes] | None = None
@@ -61,7 +62,7 @@ class ServerProcess:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"helix serve exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"the server exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
                     if response.status == 200:
@@ -70,7 +71,7 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         self.__exit__()
-        raise TimeoutError(f"helix serve did not become healthy in {self.startup_timeout_s:.0f} s")
+        raise TimeoutError(f"the server did not become healthy in {self.startup_timeout_s:.0f} s")
 
     def __exit__(self, *_exc: object) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -84,6 +85,12 @@ class ServerProcess:
     def log_tail(self, num_bytes: int = 4000) -> str:
         self._log.seek(0)
         return self._log.read()[-num_bytes:].decode(errors="replace")
+
+
+def helix_serve(flags: list[str]) -> ServerProcess:
+    """`helix serve` with `flags` on a free port."""
+    port = free_port()
+    return ServerProcess([sys.executable, "-m", "helix.cli", "serve", "--port", str(port), *flags], port)
 
 
 def write_prompts(prompts: list[list[int]], output_len: int, path: Path) -> None:
@@ -129,7 +136,7 @@ def sweep(flags: list[str], rates: list[float], prompts: list[list[int]], output
           seconds_per_rate: float = 16.0) -> dict[str, Any]:
     """Start a server with `flags`, run every rate against it (the saturating
     rate sends every prompt; lower rates the first ones), and stop it."""
-    with tempfile.TemporaryDirectory() as work, ServerProcess(flags) as server:
+    with tempfile.TemporaryDirectory() as work, helix_serve(flags) as server:
         dataset = Path(work) / "prompts.jsonl"
         write_prompts(prompts, output_len, dataset)
         results = []
