@@ -35,6 +35,7 @@ contexts beyond max_model_len fall back to eager (`run` returns None).
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import time
 from collections import Counter
@@ -125,7 +126,8 @@ class GraphRunner:
         self._host_tokens_np = self._host_tokens.numpy()
         self._host_seq_lens_np = self._host_seq_lens.numpy()
         self._host_tables_np = self._host_tables.numpy()
-        self._splits: dict[tuple[int, int, int], int] = {}
+        # Memoised split choice, bounded: a long-running server sees many context lengths.
+        self._splits_for = functools.lru_cache(maxsize=4096)(self._split_for_longest)
         self._staged = torch.cuda.Event()
         self._staged.record()
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -199,15 +201,11 @@ class GraphRunner:
         num_heads, num_kv_heads, head_dim, dtype = self._heads
         return int(choose_launch(meta, num_heads, num_kv_heads, head_dim, dtype, self.device)["num_splits"])
 
-    def _splits_for(self, num_seqs: int, query_len: int, max_seq_len: int) -> int:
-        """`_eager_splits`, memoised: the launcher reads the sequence lengths only
-        through their maximum, so a batch whose longest is max_seq_len chooses
-        as one where all are that long."""
-        key = (num_seqs, query_len, max_seq_len)
-        splits = self._splits.get(key)
-        if splits is None:
-            splits = self._splits[key] = self._eager_splits(num_seqs, (max_seq_len,) * num_seqs, query_len)
-        return splits
+    def _split_for_longest(self, num_seqs: int, query_len: int, max_seq_len: int) -> int:
+        """`_eager_splits` by the longest sequence: the launcher reads the sequence
+        lengths only through their maximum, so a batch whose longest is
+        max_seq_len chooses as one where all are that long."""
+        return self._eager_splits(num_seqs, (max_seq_len,) * num_seqs, query_len)
 
     # -- replay ----------------------------------------------------------------
     def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int]) -> tuple[torch.Tensor, int] | None:
