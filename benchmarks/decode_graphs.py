@@ -1,4 +1,5 @@
-"""Decode throughput with CUDA graphs against enforce_eager, same run, same card.
+"""Decode throughput: CUDA graphs with steps scheduled ahead of results, CUDA
+graphs scheduled after results, and enforce_eager; same run, same card.
 
 Dummy TinyLlama-1.1B shape (bf16), prompt 128 tokens, 64 greedy new tokens
 (ignore_eos), batch 1 and 32, as in eager_baseline.py. Reports output tok/s of
@@ -6,7 +7,7 @@ the whole generate call (prefill included, comparable with eager_baseline.py)
 and the decode time per step, from the difference between a 64-token and a
 1-token generate of the same prompts.
 
-    PYTHONPATH=. python3 benchmarks/decode_graphs.py [--batches 1 32] [--repeats 3]
+    PYTHONPATH=. python3 benchmarks/decode_graphs.py [--batches 1 32] [--repeats 3] [--modes ahead graphs eager]
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import time
 import torch
 
 from helix import LLM, SamplingParams
+
+
+# Engine options per mode.
+_MODES = {
+    "ahead": {"async_scheduling": True},
+    "graphs": {"async_scheduling": False},
+    "eager": {"async_scheduling": False, "enforce_eager": True},
+}
 
 
 def _timed(llm: LLM, prompts: list[list[int]], max_tokens: int, repeats: int) -> float:
@@ -57,6 +66,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", choices=sorted(_MODES), default=["ahead", "graphs", "eager"])
     args = parser.parse_args()
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("helix.worker.cuda_graphs").setLevel(logging.INFO)
@@ -64,16 +74,14 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         prompts = [[(7 * i + j) % 32000 for j in range(args.prompt_len)] for i in range(batch)]
-        for enforce_eager in (False, True):
+        for mode in args.modes:
             started = time.perf_counter()
-            llm = LLM(args.model, load_format="dummy", num_kv_blocks=4096, max_model_len=2048,
-                      enforce_eager=enforce_eager)
+            llm = LLM(args.model, load_format="dummy", num_kv_blocks=4096, max_model_len=2048, **_MODES[mode])
             build_s = time.perf_counter() - started
             full = _timed(llm, prompts, args.new_tokens, args.repeats)
             first = _timed(llm, prompts, 1, args.repeats)
             step_ms = (full - first) / (args.new_tokens - 1) * 1e3
             graphs = llm.engine.runner.graphs
-            mode = "eager" if enforce_eager else f"graphs ({graphs.num_graphs if graphs else 0})"
             replay = f"{_replay_ms(llm, batch):.2f}" if graphs else "-"
             rows.append((batch, mode, batch * args.new_tokens / full, step_ms, replay, build_s))
             print(f"batch={batch:3d} {mode:12s} {rows[-1][2]:9.1f} output tok/s  {step_ms:6.2f} ms/decode step  "

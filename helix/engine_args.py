@@ -62,6 +62,10 @@ class EngineArgs:
         os.environ.get("HELIX_CHECK_INVARIANTS", "0") == "1",
         "Debug: verify KV block accounting after every step (default from HELIX_CHECK_INVARIANTS=1).")
     enforce_eager: bool = _option(False, "Disable CUDA graphs (run every forward eagerly).")
+    async_scheduling: bool | None = _option(
+        None, "Schedule and launch each step before the previous step's tokens are read back, so the host's "
+              "work overlaps the device's (plain decoding; speculation and penalties wait for results). "
+              "Default: on for CUDA.")
 
     def __post_init__(self) -> None:
         """Each field is checked once, here; errors name the field."""

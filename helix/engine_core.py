@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import AutoTokenizer, GenerationConfig
@@ -24,7 +24,7 @@ from helix.output_processor import OutputProcessor, child_request_id
 from helix.outputs import RequestOutput
 from helix.sampling_params import SamplingParams
 from helix.scheduler.config import SchedulerConfig
-from helix.scheduler.outputs import RequestUpdate, SchedulerOutput
+from helix.scheduler.outputs import ModelOutput, RequestUpdate, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request
 from helix.scheduler.scheduler import Scheduler
 from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
@@ -76,6 +76,10 @@ class EngineCore:
                                    has_draft_cache=draft is not None)
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish, stream_outputs)
         self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.async_scheduling = (self.device.type == "cuda" if args.async_scheduling is None
+                                 else args.async_scheduling)
+        # The step launched last, whose results are not read yet.
+        self._in_flight: _LaunchedStep | None = None
         # The last step's updates, turned into outputs while the next step runs.
         self._unprocessed: tuple[SchedulerOutput, list[RequestUpdate]] | None = None
         self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
@@ -155,25 +159,58 @@ class EngineCore:
 
     # -- the step (one thread) ---------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule and launch this step, then turn the previous step's tokens into
-        outputs (detokenization, stop strings) while the GPU works, then collect
-        this step's tokens. Outputs therefore trail their step by one launch; a
-        stop string found then ends its request before the next schedule."""
-        finished_by_abort = self._apply_pending()
-        scheduled = self.scheduler.schedule()
+        """Schedule and launch a step, then turn the previous step's tokens into
+        outputs (detokenization, stop strings) while the GPU works.
+
+        Each step is left in flight: the next call reads its tokens back,
+        either before scheduling (the next step needs them) or, scheduling
+        ahead, after launching the next step, so the device always has the next
+        step queued. Outputs trail their step by one call; a stop string found
+        then ends its request, and a position already launched for it is dropped."""
+        outputs = self._apply_pending()
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and not (self.async_scheduling and
+                                         self.scheduler.can_schedule_ahead(previous.scheduled)):
+            outputs += self._process(self._unprocessed)
+            failed = self._complete(previous)
+            if failed is not None:
+                return outputs + failed
+            previous = None
+        scheduled = self.scheduler.schedule(in_flight=previous.scheduled if previous else None)
         try:
             finish = self.runner.launch(scheduled)
         except torch.OutOfMemoryError as error:
-            return finished_by_abort + self._fail_out_of_memory(scheduled, error)
-        outputs = self._process(self._unprocessed)
-        try:
-            model_output = finish()
-        except torch.OutOfMemoryError as error:
-            return finished_by_abort + outputs + self._fail_out_of_memory(scheduled, error)
-        self._unprocessed = (scheduled, self.scheduler.update_from_output(scheduled, model_output))
+            if previous is not None:  # its results stand; the step scheduled ahead of them is dropped
+                outputs += self._process(self._unprocessed)
+                outputs += self._complete(previous) or []
+            return outputs + self._fail_out_of_memory(scheduled, error)
+        outputs += self._process(self._unprocessed)
+        self._in_flight = _LaunchedStep(scheduled, finish)
+        if previous is not None:
+            failed = self._complete(previous)
+            if failed is not None:
+                return outputs + failed
         if not self.scheduler.has_unfinished():  # nothing will run next: deliver now
             outputs += self._process(self._unprocessed)
-        return finished_by_abort + outputs
+            outputs += self._complete(self._in_flight) or []
+            outputs += self._process(self._unprocessed)
+        return outputs
+
+    def _complete(self, launched: _LaunchedStep) -> list[RequestOutput] | None:
+        """Read a launched step's results and apply them, leaving its updates to process.
+        Out of memory: drop it, and the step in flight scheduled ahead of it, and
+        fail its largest request (the returned outputs)."""
+        if launched is self._in_flight:
+            self._in_flight = None
+        try:
+            model_output = launched.finish()
+        except torch.OutOfMemoryError as error:
+            if self._in_flight is not None:  # scheduled on this step's results, which are now dropped
+                _wait_discarding(self._in_flight)
+                self._in_flight = None
+            return self._fail_out_of_memory(launched.scheduled, error)
+        self._unprocessed = (launched.scheduled, self.scheduler.update_from_output(launched.scheduled, model_output))
+        return None
 
     def _process(self, step: tuple[SchedulerOutput, list[RequestUpdate]] | None) -> list[RequestOutput]:
         self._unprocessed = None
@@ -204,7 +241,8 @@ class EngineCore:
         return [output] if output is not None else []
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or not self._pending.empty() or self._unprocessed is not None
+        return (self.scheduler.has_unfinished() or not self._pending.empty() or self._unprocessed is not None
+                or self._in_flight is not None)
 
     def _apply_pending(self) -> list[RequestOutput]:
         aborted = []
@@ -285,6 +323,20 @@ class EngineCore:
             return 0.0, 0.0
         elapsed = max(now - recent[0][0], 1e-3)
         return sum(e[1] for e in recent) / elapsed, sum(e[2] for e in recent) / elapsed
+
+
+@dataclass(frozen=True)
+class _LaunchedStep:
+    scheduled: SchedulerOutput
+    finish: Callable[[], ModelOutput]  # waits for the step's results
+
+
+def _wait_discarding(launched: _LaunchedStep) -> None:
+    """Let a launched step finish and throw its results away (its counters never move)."""
+    try:
+        launched.finish()
+    except torch.OutOfMemoryError:
+        pass
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

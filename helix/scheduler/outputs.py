@@ -13,7 +13,11 @@ class ScheduledRequest:
 
     With speculation, `num_new_tokens` = 1 + `num_spec_tokens`: the last known
     token plus up to that many draft tokens to verify (slots are reserved for
-    all of them). The worker reads the request but never changes it.
+    all of them). `samples`: the step computes the request's last token, so a
+    new one is sampled. Scheduled ahead of the previous step's results, the
+    token at `start` may still be in flight (`start == request.num_tokens`);
+    the worker takes it from the previous step's sampled ids on the device.
+    The worker reads the request but never changes it.
     """
 
     request: Request
@@ -21,11 +25,7 @@ class ScheduledRequest:
     num_new_tokens: int
     block_table: tuple[int, ...]
     num_spec_tokens: int = 0
-
-    @property
-    def samples(self) -> bool:
-        """True when this step computes the last known token, so a new one is sampled."""
-        return self.start + self.num_new_tokens - self.num_spec_tokens == self.request.num_tokens
+    samples: bool = True
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class SchedulerOutput:
     swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu block, cpu block)
     swap_in: list[tuple[int, int]] = field(default_factory=list)   # (cpu block, gpu block)
     finished_ids: list[str] = field(default_factory=list)          # ended since the last step
+    # Scheduled ahead of results, a running request could not grow and was left
+    # out: the next step must wait for this one's results, so it may preempt.
+    needs_preemption: bool = False
 
     @property
     def num_batched_tokens(self) -> int:

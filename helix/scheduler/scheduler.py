@@ -8,6 +8,18 @@ budget and the sequence limit allow. Long prompts are chunked by the budget.
 With speculation, a decoding request's step is its last token plus K draft
 tokens (K from SpeculationPolicy); slots are reserved for all of them and
 rejected positions are given back after the step by moving counters back.
+
+Scheduling ahead: while step N runs, step N+1 can be scheduled before N's
+tokens are known (`schedule(in_flight=N)`), so the host work of N+1 overlaps
+N on the device. Each request of N counts as if N had completed: its
+positions computed, and a token it samples known, though only the device
+has it yet. Requests that N takes to max_tokens are left out; one that N
+ends by a stop token runs one wasted position, dropped in update. Scheduled
+ahead, nothing is preempted (a victim may be in flight): a request that
+cannot grow waits, and the step says so (`needs_preemption`), so the next is
+scheduled after the results. Speculation and samplers that read the output
+history (penalties, min_tokens) need the results first
+(`can_schedule_ahead`). Updates must still be applied in step order.
 """
 
 from __future__ import annotations
@@ -89,40 +101,60 @@ class Scheduler:
         priority = request.priority if self.config.policy == "priority" else 0
         return priority, request.arrival_index
 
-    def schedule(self) -> SchedulerOutput:
+    def can_schedule_ahead(self, in_flight: SchedulerOutput) -> bool:
+        """Whether the next step may be scheduled before `in_flight`'s results."""
+        if self.speculation is not None and self.speculation.config.enabled:
+            return False
+        if in_flight.needs_preemption:
+            return False
+        return not any(item.samples and _reads_output_history(item.request) for item in in_flight.scheduled)
+
+    def schedule(self, in_flight: SchedulerOutput | None = None) -> SchedulerOutput:
+        """The next step; `in_flight`: the step still running, whose results are not applied yet."""
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         swap_out: list[tuple[int, int]] = []
         swap_in: list[tuple[int, int]] = []
-        preempted = self._schedule_running(scheduled, swap_out, budget)
+        ahead = _InFlight.of(in_flight)
+        preempted, blocked = self._schedule_running(scheduled, swap_out, budget, ahead)
         budget -= sum(s.num_new_tokens for s in scheduled)
         if not preempted:
             budget = self._schedule_swapped(scheduled, swap_in, budget)
             if not self.swapped:
                 self._schedule_waiting(scheduled, budget)
         finished, self._finished_since_last_step = self._finished_since_last_step, []
-        return SchedulerOutput(scheduled, swap_out, swap_in, finished)
+        return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked)
 
     def _schedule_running(self, scheduled: list[ScheduledRequest], swap_out: list[tuple[int, int]],
-                          budget: int) -> bool:
-        """Grow every running request by its next chunk; preempt when blocks run out."""
+                          budget: int, ahead: _InFlight | None) -> tuple[bool, bool]:
+        """Grow every running request by its next chunk; preempt when blocks run out
+        (scheduled ahead: stop instead). Returns (preempted, blocked)."""
         queue = sorted(self.running, key=self._order)
-        spec = self._speculation_choices(queue)
+        spec = self._speculation_choices(queue) if ahead is None else {}
         preempted = False
         position = 0
         while position < len(queue) and budget > 0:
             request = queue[position]
+            computed, known = ahead.progress(request) if ahead is not None else (
+                request.num_computed_tokens, request.num_tokens)
+            if ahead is not None and ahead.ends(request, self.config.max_model_len):
+                position += 1
+                continue
             num_spec = min(spec.get(request, 0), budget - 1)
-            num_new = min(request.num_tokens - request.num_computed_tokens + num_spec, budget)
-            if self.kv.grow(request, request.num_computed_tokens + num_new):
-                scheduled.append(self._scheduled(request, num_new, num_spec))
+            num_new = min(known - computed + num_spec, budget)
+            if self.kv.grow(request, computed + num_new):
+                scheduled.append(ScheduledRequest(request, computed, num_new,
+                                                  tuple(self.kv.block_table(request.request_id)), num_spec,
+                                                  samples=computed + num_new - num_spec == known))
                 budget -= num_new
                 position += 1
                 continue
+            if ahead is not None:
+                return False, True
             victim = queue.pop()  # the worst priority, then the latest arrival
             self._preempt(victim, swap_out)
             preempted = True
-        return preempted
+        return preempted, False
 
     def _speculation_choices(self, queue: list[Request]) -> dict[Request, int]:
         """K per decoding request (only requests with exactly one token to compute speculate)."""
@@ -189,9 +221,11 @@ class Scheduler:
         return (self.kv.enable_prefix_caching and leader is not None and not leader.is_finished
                 and leader.num_computed_tokens < leader.num_prompt_tokens)
 
-    def _scheduled(self, request: Request, num_new: int, num_spec: int = 0) -> ScheduledRequest:
-        return ScheduledRequest(request, request.num_computed_tokens, num_new,
-                                tuple(self.kv.block_table(request.request_id)), num_spec)
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        """A request with nothing in flight: `num_new` of its known tokens."""
+        start = request.num_computed_tokens
+        return ScheduledRequest(request, start, num_new, tuple(self.kv.block_table(request.request_id)),
+                                samples=start + num_new == request.num_tokens)
 
     def _run(self, request: Request) -> None:
         request.status = RequestStatus.RUNNING
@@ -307,3 +341,38 @@ class Scheduler:
             raise AssertionError("no requests, yet GPU blocks are held")
         if not self.swapped and self.kv.num_used_cpu_blocks:
             raise AssertionError("no swapped requests, yet CPU swap blocks are held")
+
+
+def _reads_output_history(request: Request) -> bool:
+    """Whether the request's sampler reads its output tokens (penalties, or min_tokens
+    still masking stop tokens), so it cannot sample a step ahead of the last token."""
+    params = request.params
+    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
+            or len(request.output_token_ids) < params.min_tokens)
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """What a step still running will add: positions computed and tokens sampled, per request."""
+
+    computed: dict[str, int]
+    sampled: frozenset[str]
+
+    @classmethod
+    def of(cls, step: SchedulerOutput | None) -> _InFlight | None:
+        if step is None:
+            return None
+        return cls({item.request.request_id: item.num_new_tokens for item in step.scheduled},
+                   frozenset(item.request.request_id for item in step.scheduled if item.samples))
+
+    def progress(self, request: Request) -> tuple[int, int]:
+        """(computed, known) positions once the step completes."""
+        request_id = request.request_id
+        return (request.num_computed_tokens + self.computed.get(request_id, 0),
+                request.num_tokens + (request_id in self.sampled))
+
+    def ends(self, request: Request, max_model_len: int) -> bool:
+        """Whether the step's token takes the request to max_tokens or max_model_len."""
+        if request.request_id not in self.sampled:
+            return False
+        return len(request.output_token_ids) + 1 >= request.max_tokens or request.num_tokens + 1 >= max_model_len

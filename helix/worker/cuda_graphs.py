@@ -46,6 +46,7 @@ import torch
 
 from helix.worker.attention.metadata import AttentionMetadata, SequenceSpan
 from helix.worker.models import LlamaForCausalLM
+from helix.worker.token_feed import TokenFeed
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +209,12 @@ class GraphRunner:
         return self._eager_splits(num_seqs, (max_seq_len,) * num_seqs, query_len)
 
     # -- replay ----------------------------------------------------------------
-    def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int]) -> tuple[torch.Tensor, int] | None:
+    def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int],
+            feed: TokenFeed | None = None) -> tuple[torch.Tensor, int] | None:
         """(hidden [len(spans) * q, hidden], q) from a graph replay, where span i's
         tokens are rows i*q onwards; or None where the batch needs the eager
-        path. Valid until this runner's next replay."""
+        path. Valid until this runner's next replay. `feed`: input tokens that
+        only the device has yet, copied in after the staged ids."""
         num_seqs = len(spans)
         query_len = max((span.num_new for span in spans), default=0)
         buckets = self.buckets.get(query_len)
@@ -227,6 +230,8 @@ class GraphRunner:
         if entry is None:
             return None
         self._stage(bucket, query_len, *staged)
+        if feed is not None:
+            feed.apply(self._tokens[0], range(0, num_seqs * query_len, query_len))
         graph, hidden = entry
         graph.replay()
         self.replays[(bucket, query_len, splits)] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any, Sequence
 
 import torch
 
@@ -42,6 +43,16 @@ def _directml_device() -> torch.device:
     import torch_directml  # optional dependency, present when directml_available()
 
     return torch_directml.device()
+
+
+def to_device(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values as a tensor on `device`, without waiting for the device: on
+    CUDA the copy goes through pinned memory and is queued on the stream (a
+    pageable copy would synchronise the stream, stalling queued steps)."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -22,11 +22,13 @@ from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutp
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
+from helix.worker.device import to_device
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import SamplingRow, choose, top_logprobs, transform_logits, with_logprobs
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+from helix.worker.token_feed import TokenFeed
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ class _PendingSamples:
     rows: list[SamplingRow]
     logits: torch.Tensor     # [n, vocab] raw, for logprobs
     token_ids: torch.Tensor  # [n] on the device
+    row_of: dict[str, int]   # request id -> index into token_ids
+
+
+@dataclass(frozen=True)
+class _PendingPromptLogprobs:
+    """One request's prompt-token logprobs, computed on the device, not yet read back."""
+
+    request: Request
+    start: int                 # the step's first position
+    logprobs: torch.Tensor     # [m, vocab]: row j scores the prompt token at start + j + 1
+    targets: list[int]
 
 
 class ModelRunner:
@@ -67,14 +80,18 @@ class ModelRunner:
         self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, query_lens, "target")
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
+        # The last launched step's choices: a step scheduled ahead feeds them in.
+        self._last_sampled: _PendingSamples | None = None
 
     @torch.inference_mode()
     def launch(self, step: SchedulerOutput) -> Callable[[], ModelOutput]:
         """Queue the step's GPU work and return a function that waits for it and
         returns its output. For plain decode and prefill nothing between the two
         waits on the GPU, so the caller's host work overlaps the step; drafting
-        synchronises per draft pass. Call the function before the next launch
-        (a graph replay's output lives until the next replay)."""
+        synchronises per draft pass. The next step may be launched before the
+        function is called (scheduled ahead; its in-flight tokens are fed from
+        this step's choices on the device): everything the function reads is
+        computed here, not read later from a graph's reused output."""
         self._drop_finished(step.finished_ids)
         self._swap(step.swap_out, to_cpu=True)
         self._swap(step.swap_in, to_cpu=False)
@@ -86,13 +103,15 @@ class ModelRunner:
         drafted = time.perf_counter()
         drafts = {rid: p.token_ids for rid, p in proposals.by_request.items()}
         hidden, rows = self._forward(step.scheduled, drafts)
+        prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, drafts)
+        self._last_sampled = sampling
         launched = time.perf_counter()
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
             finishing = time.perf_counter()
-            self._prompt_logprobs(step.scheduled, hidden, rows, output)
+            _finish_prompt_logprobs(prompt_logprobs, output)
             self._finish_sampling(sampling, output)
             self._verify(step.scheduled, hidden, rows, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
@@ -107,24 +126,40 @@ class ModelRunner:
     def _forward(self, scheduled: list[ScheduledRequest],
                  drafts: dict[str, list[int]]) -> tuple[torch.Tensor, SpanRows]:
         spans, token_ids = [], []
-        for item in scheduled:
+        fed_spans, fed_rows = [], []
+        for index, item in enumerate(scheduled):
             request = item.request
             if item.num_spec_tokens:
                 tokens = request.token_ids(item.start, item.start + 1) + drafts.get(request.request_id, [])
+            elif item.start == request.num_tokens:  # scheduled ahead: the previous step is sampling it
+                fed_spans.append(index)
+                fed_rows.append(self._previous_choice(request.request_id))
+                tokens = [0] * item.num_new_tokens  # a placeholder, overwritten on the device
             else:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
+        feed = (TokenFeed(tuple(fed_spans), self._last_sampled.token_ids, tuple(fed_rows))
+                if fed_spans and self._last_sampled is not None else None)
         counts = tuple(span.num_new for span in spans)
         if self.graphs is not None:
-            replayed = self.graphs.run(spans, token_ids)
+            replayed = self.graphs.run(spans, token_ids, feed)
             if replayed is not None:
                 hidden, query_len = replayed
                 return hidden, SpanRows(tuple(range(0, query_len * len(spans), query_len)), counts)
         meta = build_attention_metadata(spans, self.block_size, self.device)
-        input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        input_ids = to_device(token_ids, torch.int64, self.device)
+        if feed is not None:
+            feed.apply(input_ids, meta.query_start_loc_host)
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
         return hidden, SpanRows(meta.query_start_loc_host[:-1], counts)
+
+    def _previous_choice(self, request_id: str) -> int:
+        """Where the last launched step's choice for this request sits in its chosen ids."""
+        if self._last_sampled is None or request_id not in self._last_sampled.row_of:
+            raise RuntimeError(f"request {request_id} was scheduled ahead, but the previous step sampled "
+                               "no token for it")
+        return self._last_sampled.row_of[request_id]
 
     def _start_sampling(self, scheduled: list[ScheduledRequest], rows: SpanRows, hidden: torch.Tensor,
                         drafts: dict[str, list[int]]) -> _PendingSamples | None:
@@ -133,11 +168,15 @@ class ModelRunner:
                   if item.samples and item.request.request_id not in drafts]
         if not chosen:
             return None
-        rows_index = torch.tensor([rows.last(i) for i, _ in chosen], device=self.device)
-        logits = self.model.compute_logits(hidden[rows_index])  # [len(chosen), vocab]
+        last_rows = [rows.last(i) for i, _ in chosen]
+        selected = (hidden[:len(last_rows)] if last_rows == list(range(len(last_rows)))
+                    else hidden[to_device(last_rows, torch.int64, self.device)])
+        logits = self.model.compute_logits(selected)  # [len(chosen), vocab]
         sampling_rows = [self._row_for(item.request, ()) for _, item in chosen]
         token_ids = choose(transform_logits(logits, sampling_rows), sampling_rows)  # [len(chosen)], on device
-        return _PendingSamples([item.request.request_id for _, item in chosen], sampling_rows, logits, token_ids)
+        request_ids = [item.request.request_id for _, item in chosen]
+        return _PendingSamples(request_ids, sampling_rows, logits, token_ids,
+                               {request_id: i for i, request_id in enumerate(request_ids)})
 
     def _finish_sampling(self, pending: _PendingSamples | None, output: ModelOutput) -> None:
         if pending is None:
@@ -197,27 +236,21 @@ class ModelRunner:
             self._request_generators[request_id] = generator
         return generator
 
-    def _prompt_logprobs(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
-                         output: ModelOutput) -> None:
-        """Log-probabilities of prompt tokens: logits at position p score the token at p + 1."""
+    def _start_prompt_logprobs(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor,
+                               span_rows: SpanRows) -> list[_PendingPromptLogprobs]:
+        """Queue the log-probabilities of prompt tokens: logits at position p score the token at p + 1."""
+        pending = []
         for i, item in enumerate(scheduled):
             request = item.request
             if not request.wants_prompt_logprobs:
                 continue
-            entries: list[TokenLogprobs | None] = [None] if item.start == 0 else []
             last_position = min(item.start + item.num_new_tokens, request.num_prompt_tokens - 1)
-            if last_position > item.start:
-                first = span_rows.first[i]
-                rows = hidden[first:first + last_position - item.start]
-                logprobs = self.model.compute_logits(rows).log_softmax(dim=-1)
-                targets = request.prompt_token_ids[item.start + 1:last_position + 1]
-                for row, target in zip(logprobs, targets):
-                    entries.append(TokenLogprobs(target, float(row[target]),
-                                                 top_logprobs(row, request.params.prompt_logprobs or 0)))
-            # After a recompute, positions scored before the preemption are not repeated.
-            first_token = 0 if item.start == 0 else item.start + 1
-            already = max(0, len(request.prompt_logprobs) - first_token)
-            output.prompt_logprobs[request.request_id] = entries[already:]
+            first, count = span_rows.first[i], last_position - item.start
+            logprobs = (self.model.compute_logits(hidden[first:first + count]).log_softmax(dim=-1) if count > 0
+                        else hidden.new_empty((0, 0)))
+            pending.append(_PendingPromptLogprobs(request, item.start, logprobs,
+                                                  request.prompt_token_ids[item.start + 1:last_position + 1]))
+        return pending
 
     def _swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         if not pairs:
@@ -229,6 +262,19 @@ class ModelRunner:
     def _drop_finished(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._request_generators.pop(request_id, None)
+
+
+def _finish_prompt_logprobs(pending: list[_PendingPromptLogprobs], output: ModelOutput) -> None:
+    for entry in pending:
+        request = entry.request
+        entries: list[TokenLogprobs | None] = [None] if entry.start == 0 else []
+        for row, target in zip(entry.logprobs, entry.targets):
+            entries.append(TokenLogprobs(target, float(row[target]),
+                                         top_logprobs(row, request.params.prompt_logprobs or 0)))
+        # After a recompute, positions scored before the preemption are not repeated.
+        first_token = 0 if entry.start == 0 else entry.start + 1
+        already = max(0, len(request.prompt_logprobs) - first_token)
+        output.prompt_logprobs[request.request_id] = entries[already:]
 
 
 def _emitted_logprobs(logits: torch.Tensor, emitted: list[int], count: int) -> list[TokenLogprobs]:

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from helix.sampling_params import SamplingParams
+from helix.worker.device import to_device
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def transform_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
         _apply_penalties(logits[i], rows[i])
         _apply_bias_and_min_tokens(logits[i], rows[i])
     if scaled:
-        logits.div_(torch.tensor(temperatures, device=logits.device, dtype=logits.dtype).unsqueeze(1))
+        logits.div_(to_device(temperatures, logits.dtype, logits.device).unsqueeze(1))
     return _apply_filters(logits, rows)
 
 
@@ -92,9 +93,9 @@ def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
         return logits
     vocab = logits.shape[1]
     device = logits.device
-    k = torch.tensor([kk if (s and kk > 0) else vocab for s, kk in zip(sampled, top_k)], device=device)
-    p = torch.tensor([pp if s else 1.0 for s, pp in zip(sampled, top_p)], device=device, dtype=logits.dtype)
-    m = torch.tensor([mm if s else 0.0 for s, mm in zip(sampled, min_p)], device=device, dtype=logits.dtype)
+    k = to_device([kk if (s and kk > 0) else vocab for s, kk in zip(sampled, top_k)], torch.int64, device)
+    p = to_device([pp if s else 1.0 for s, pp in zip(sampled, top_p)], logits.dtype, device)
+    m = to_device([mm if s else 0.0 for s, mm in zip(sampled, min_p)], logits.dtype, device)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=device).unsqueeze(0)
     drop = ranks >= k.clamp(max=vocab).unsqueeze(1)  # top-k
@@ -122,7 +123,7 @@ def choose(transformed: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tens
         if not row.params.greedy:
             by_generator.setdefault(id(row.generator), []).append(i)
     for indices in by_generator.values():
-        index = torch.tensor(indices, device=transformed.device)
+        index = to_device(indices, torch.int64, transformed.device)
         probs = transformed[index].softmax(dim=-1)  # [len(indices), vocab]
         chosen[index] = draw_rows(probs, rows[indices[0]].generator)
     return chosen

@@ -94,3 +94,64 @@ async def test_async_stream_of_the_failed_request_raises(tiny_model_dirs: dict[s
         assert_all_blocks_free(engine.stats())
     finally:
         await engine.shutdown()
+
+
+def greedy_reference(model_dir: Path, prompts: list[list[int]]) -> list[list[int]]:
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    return [hf_greedy(reference, prompt, GREEDY.max_tokens) for prompt in prompts]
+
+
+def run_with_long_prompt_arriving(llm: LLM) -> dict[str, Any]:
+    """Short prompts decode (scheduled ahead); then the long prompt joins a step."""
+    engine = llm.engine
+    for i, prompt in enumerate(SHORT_PROMPTS):
+        engine.add_request(f"short{i}", prompt, GREEDY)
+    finished: dict[str, Any] = {}
+    for step in range(200):
+        if step == 3:
+            engine.add_request("long", LONG_PROMPT, GREEDY)
+        for output in engine.step():
+            assert output.request_id not in finished, "answered twice"
+            if output.finished:
+                finished[output.request_id] = output
+        if step > 3 and not engine.has_unfinished():
+            break
+    return finished
+
+
+def test_out_of_memory_in_a_step_scheduled_ahead(tiny_model_dirs: dict[str, Path]) -> None:
+    """The step in flight keeps its results; the failed step scheduled ahead of them is dropped."""
+    llm = LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=256, block_size=4, async_scheduling=True)
+    refused = fail_forwards_over(llm.engine.runner.model, max_tokens=40)
+    finished = run_with_long_prompt_arriving(llm)
+    assert refused == [53]  # 3 decode tokens + the 50-token prompt
+    assert finished["long"].outputs[0].finish_reason == "error"
+    expected = greedy_reference(tiny_model_dirs["llama"], SHORT_PROMPTS)
+    assert [finished[f"short{i}"].outputs[0].token_ids for i in range(3)] == expected
+    assert_all_blocks_free(llm.stats())
+
+
+def test_out_of_memory_reading_results_drops_the_step_scheduled_ahead(tiny_model_dirs: dict[str, Path]) -> None:
+    """Results lost while the next step runs on them: both steps are dropped and run again."""
+    llm = LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=256, block_size=4, async_scheduling=True)
+    runner = llm.engine.runner
+    launch, launches = runner.launch, [0]
+
+    def failing_once(step: Any) -> Any:
+        finish = launch(step)
+        launches[0] += 1
+        if launches[0] != 5 or not any(s.request.request_id == "long" for s in step.scheduled):
+            return finish
+
+        def fail() -> Any:
+            finish()
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        return fail
+
+    runner.launch = failing_once
+    finished = run_with_long_prompt_arriving(llm)
+    assert launches[0] > 5
+    assert finished["long"].outputs[0].finish_reason == "error"
+    expected = greedy_reference(tiny_model_dirs["llama"], SHORT_PROMPTS)
+    assert [finished[f"short{i}"].outputs[0].token_ids for i in range(3)] == expected
+    assert_all_blocks_free(llm.stats())

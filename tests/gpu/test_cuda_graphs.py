@@ -27,8 +27,8 @@ def _record_batches(runner: GraphRunner) -> list[tuple[int, bool]]:
     calls: list[tuple[int, bool]] = []
     run = runner.run
 
-    def recording_run(spans: Any, token_ids: Any) -> tuple[torch.Tensor, int] | None:
-        replayed = run(spans, token_ids)
+    def recording_run(spans: Any, token_ids: Any, feed: Any = None) -> tuple[torch.Tensor, int] | None:
+        replayed = run(spans, token_ids, feed)
         if all(span.num_new == 1 for span in spans):
             calls.append((len(spans), replayed is not None))
         return replayed
@@ -73,6 +73,40 @@ def test_graphs_match_eager(regime: str, dtype: str, tiny_model_dirs: dict[str, 
     else:
         stats = graphs_llm.stats()
         assert stats["swapped_out"] > 0 and stats["swapped_in"] == stats["swapped_out"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("regime", ["ample", "swap"])
+def test_scheduling_ahead_matches_scheduling_after_results(regime: str, dtype: str,
+                                                           tiny_model_dirs: dict[str, Path],
+                                                           greedy_prompts: list[list[int]]) -> None:
+    """Graph replays fed their in-flight tokens on the device give the tokens of
+    steps scheduled after the results: greedy, and seeded sampling with stop tokens."""
+    options: dict[str, Any] = {**_REGIME_OPTIONS[regime], "dtype": dtype}
+    greedy = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    sampled = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=20, seed=i, stop_token_ids=[7, 11])
+               for i in range(len(greedy_prompts))]
+    results = {}
+    for async_scheduling in (False, True):
+        llm = LLM(str(tiny_model_dirs["llama"]), device="cuda", block_size=4, max_num_batched_tokens=128,
+                  check_invariants=True, async_scheduling=async_scheduling, **options)
+        fed: list[int] = []
+        run = llm.engine.runner.graphs.run
+
+        def recording_run(spans: Any, token_ids: Any, feed: Any = None) -> Any:
+            replayed = run(spans, token_ids, feed)
+            if feed is not None and replayed is not None:
+                fed.append(len(feed.rows))
+            return replayed
+
+        llm.engine.runner.graphs.run = recording_run
+        outputs = [[(c.token_ids, c.finish_reason) for o in llm.generate(greedy_prompts, params, use_tqdm=False)
+                    for c in o.outputs] for params in (greedy, sampled)]
+        assert_drained(llm)
+        assert bool(fed) == async_scheduling
+        results[async_scheduling] = outputs
+    assert results[True] == results[False]
+    assert any(reason == "stop" for _, reason in results[True][1])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import torch
 
+from helix.worker.device import to_device
+
 
 @dataclass(frozen=True)
 class SequenceSpan:
@@ -68,11 +70,11 @@ def build_attention_metadata(spans: Sequence[SequenceSpan], block_size: int,
     max_blocks = max((len(s.block_table) for s in spans), default=0)
     block_tables = [list(s.block_table) + [0] * (max_blocks - len(s.block_table)) for s in spans]
     return AttentionMetadata(
-        positions=torch.tensor(positions, dtype=torch.int64, device=device),
-        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        block_tables=torch.tensor(block_tables, dtype=torch.int32, device=device).reshape(len(spans), max_blocks),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
+        positions=to_device(positions, torch.int64, device),
+        slot_mapping=to_device(slots, torch.int64, device),
+        block_tables=to_device(block_tables, torch.int32, device).reshape(len(spans), max_blocks),
+        seq_lens=to_device(seq_lens, torch.int32, device),
+        query_start_loc=to_device(query_start_loc, torch.int32, device),
         seq_lens_host=tuple(seq_lens),
         query_start_loc_host=tuple(query_start_loc),
         block_size=block_size,
