@@ -55,6 +55,28 @@ def to_device(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+class HostCopy:
+    """Device tensors on their way to host memory: the copies are queued on the
+    stream, and `wait` blocks only until they are done, not until every later
+    queued kernel is (as `.tolist()` on a CUDA tensor would)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self._ready: torch.cuda.Event | None = None
+        if not tensors or tensors[0].device.type != "cuda":
+            self._host = [t.to("cpu") for t in tensors]
+            return
+        self._host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for host, tensor in zip(self._host, tensors):
+            host.copy_(tensor, non_blocking=True)
+        self._ready = torch.cuda.Event()
+        self._ready.record()
+
+    def wait(self) -> list[torch.Tensor]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """"auto" means bf16 on CUDA, fp32 on CPU, fp16 on DirectML."""
     if name == "auto":

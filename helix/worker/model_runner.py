@@ -25,7 +25,7 @@ from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.device import to_device
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.sampler import SamplingRow, choose, top_logprobs, transform_logits, with_logprobs
+from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
 from helix.worker.token_feed import TokenFeed
@@ -48,10 +48,8 @@ class _PendingSamples:
     """Tokens chosen on the device for ordinary requests, not yet read back."""
 
     request_ids: list[str]
-    rows: list[SamplingRow]
-    logits: torch.Tensor     # [n, vocab] raw, for logprobs
-    token_ids: torch.Tensor  # [n] on the device
-    row_of: dict[str, int]   # request id -> index into token_ids
+    tokens: PendingTokens    # ids [n] on the device, on their way to the host with any logprobs
+    row_of: dict[str, int]   # request id -> index into the ids
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ class ModelRunner:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
-        feed = (TokenFeed(tuple(fed_spans), self._last_sampled.token_ids, tuple(fed_rows))
+        feed = (TokenFeed(tuple(fed_spans), self._last_sampled.tokens.token_ids, tuple(fed_rows))
                 if fed_spans and self._last_sampled is not None else None)
         counts = tuple(span.num_new for span in spans)
         if self.graphs is not None:
@@ -175,14 +173,13 @@ class ModelRunner:
         sampling_rows = [self._row_for(item.request, ()) for _, item in chosen]
         token_ids = choose(transform_logits(logits, sampling_rows), sampling_rows)  # [len(chosen)], on device
         request_ids = [item.request.request_id for _, item in chosen]
-        return _PendingSamples(request_ids, sampling_rows, logits, token_ids,
+        return _PendingSamples(request_ids, PendingTokens(logits, sampling_rows, token_ids),
                                {request_id: i for i, request_id in enumerate(request_ids)})
 
     def _finish_sampling(self, pending: _PendingSamples | None, output: ModelOutput) -> None:
         if pending is None:
             return
-        tokens = with_logprobs(pending.logits, pending.rows, pending.token_ids.tolist())
-        for request_id, token in zip(pending.request_ids, tokens):
+        for request_id, token in zip(pending.request_ids, pending.tokens.result()):
             output.sampled[request_id] = [token.token_id]
             if token.logprob is not None:
                 output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]

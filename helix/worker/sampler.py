@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from helix.sampling_params import SamplingParams
-from helix.worker.device import to_device
+from helix.worker.device import HostCopy, to_device
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
     """Pick one token per row. logits: [n, vocab] raw fp32 model logits."""
     transformed = transform_logits(logits, rows)
-    return with_logprobs(logits, rows, choose(transformed, rows).tolist())
+    return PendingTokens(logits, rows, choose(transformed, rows)).result()
 
 
 def choose(transformed: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -141,18 +141,39 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(draw_rows(probs.unsqueeze(0), generator)[0])
 
 
-def with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: list[int]) -> list[SampledToken]:
-    """The chosen tokens, with their logprobs (from the raw logits) where a row asks."""
-    if all(r.params.logprobs is None for r in rows):
-        return [SampledToken(t, None, None) for t in token_ids]
-    logprobs = logits.log_softmax(dim=-1)
-    results = []
-    for i, (row, token_id) in enumerate(zip(rows, token_ids)):
-        if row.params.logprobs is None:
-            results.append(SampledToken(token_id, None, None))
-            continue
-        results.append(SampledToken(token_id, float(logprobs[i, token_id]), top_logprobs(logprobs[i], row.params.logprobs)))
-    return results
+class PendingTokens:
+    """Chosen ids, with their logprobs (from the raw logits) where a row asks,
+    queued for the host: computed and copied at once, read by `result`."""
+
+    def __init__(self, logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: torch.Tensor):
+        self.rows = list(rows)
+        self.token_ids = token_ids  # [n] on the device
+        counts = [row.params.logprobs for row in self.rows]
+        tensors = [token_ids]
+        if any(count is not None for count in counts):
+            logprobs = logits.log_softmax(dim=-1)  # [n, vocab]
+            tensors.append(logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1))  # [n]
+            most = max(count or 0 for count in counts)
+            if most:
+                tensors.extend(logprobs.topk(most))  # values, ids: [n, most], descending
+        self._copy = HostCopy(tensors)
+
+    def result(self) -> list[SampledToken]:
+        host = self._copy.wait()
+        token_ids = host[0].tolist()
+        if len(host) == 1:
+            return [SampledToken(token_id, None, None) for token_id in token_ids]
+        chosen = host[1].tolist()
+        top_values, top_ids = (host[2].tolist(), host[3].tolist()) if len(host) == 4 else ([], [])
+        results = []
+        for i, (row, token_id) in enumerate(zip(self.rows, token_ids)):
+            count = row.params.logprobs
+            if count is None:
+                results.append(SampledToken(token_id, None, None))
+                continue
+            top = dict(zip(top_ids[i][:count], top_values[i][:count])) if count else {}
+            results.append(SampledToken(token_id, chosen[i], top))
+        return results
 
 
 def top_logprobs(row_logprobs: torch.Tensor, count: int) -> dict[int, float]:
