@@ -7,6 +7,7 @@ greedy batch-N decode, then profiles one step with torch.profiler and lists
 the kernels it launched, largest total time first.
 
     PYTHONPATH=. python3 benchmarks/profile_step.py [--model tinyllama-1.1b] [--batch 1 32] [--draft llama-68m]
+        [--no-async-scheduling]
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 from helix import LLM, SamplingParams
 
 PHASES = (("engine.scheduler", "schedule"), ("engine.runner", "launch"), ("engine.scheduler", "update_from_output"),
-          ("engine.outputs", "process"), ("engine.runner", "_forward"), ("engine.runner", "_finish_sampling"),
-          ("engine.runner", "_verify"))
+          ("engine.outputs", "process"), ("engine.runner", "_forward"), ("engine.runner", "_start_sampling"),
+          ("engine.runner", "_finish_sampling"), ("engine.runner", "_verify"), ("engine", "_complete"))
 
 
 def instrument(llm: LLM, totals: collections.Counter[str]) -> None:
@@ -59,10 +60,13 @@ def main() -> None:
     parser.add_argument("--synthetic-acceptance", type=float, default=0.7)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="schedule steps ahead of results (default: the engine's default)")
     args = parser.parse_args()
     for batch in args.batch:
         options: dict[str, Any] = dict(load_format="dummy", dtype="bfloat16", num_kv_blocks=2048,
-                                       max_model_len=2048, max_num_seqs=max(batch, 1))
+                                       max_model_len=2048, max_num_seqs=max(batch, 1),
+                                       async_scheduling=args.async_scheduling)
         if args.draft:
             options.update(draft_model=args.draft, spec_synthetic_acceptance=args.synthetic_acceptance)
         llm = LLM(args.model, **options)
@@ -77,7 +81,8 @@ def main() -> None:
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
         steps = args.new_tokens
-        print(f"\n== {args.model} batch {batch}{' + ' + args.draft if args.draft else ''}: "
+        print(f"\n== {args.model} batch {batch}{' + ' + args.draft if args.draft else ''}, "
+              f"async scheduling {llm.engine.async_scheduling}: "
               f"{elapsed / steps * 1e3:.3f} ms per generated token position ({elapsed:.3f} s)")
         for label, seconds in totals.most_common():
             print(f"  {label:32s} {seconds / steps * 1e3:8.3f} ms/step")
