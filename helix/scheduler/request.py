@@ -86,6 +86,14 @@ class Request:
         return self.status is RequestStatus.FINISHED
 
     @property
+    def sampler_reads_output(self) -> bool:
+        """Whether sampling the next token reads the output so far (penalties, or
+        min_tokens still masking stop tokens): then it needs the last token on the host."""
+        params = self.params
+        return (params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
+                or len(self.output_token_ids) < params.min_tokens)
+
+    @property
     def wants_prompt_logprobs(self) -> bool:
         return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
 

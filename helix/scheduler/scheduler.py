@@ -107,7 +107,7 @@ class Scheduler:
             return False
         if in_flight.needs_preemption:
             return False
-        return not any(item.samples and _reads_output_history(item.request) for item in in_flight.scheduled)
+        return not any(item.samples and item.request.sampler_reads_output for item in in_flight.scheduled)
 
     def schedule(self, in_flight: SchedulerOutput | None = None) -> SchedulerOutput:
         """The next step; `in_flight`: the step still running, whose results are not applied yet."""
@@ -341,14 +341,6 @@ class Scheduler:
             raise AssertionError("no requests, yet GPU blocks are held")
         if not self.swapped and self.kv.num_used_cpu_blocks:
             raise AssertionError("no swapped requests, yet CPU swap blocks are held")
-
-
-def _reads_output_history(request: Request) -> bool:
-    """Whether the request's sampler reads its output tokens (penalties, or min_tokens
-    still masking stop tokens), so it cannot sample a step ahead of the last token."""
-    params = request.params
-    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
-            or len(request.output_token_ids) < params.min_tokens)
 
 
 @dataclass(frozen=True)

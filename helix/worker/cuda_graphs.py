@@ -210,10 +210,10 @@ class GraphRunner:
 
     # -- replay ----------------------------------------------------------------
     def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int],
-            feed: TokenFeed | None = None) -> tuple[torch.Tensor, int] | None:
+            feeds: Sequence[TokenFeed] = ()) -> tuple[torch.Tensor, int] | None:
         """(hidden [len(spans) * q, hidden], q) from a graph replay, where span i's
         tokens are rows i*q onwards; or None where the batch needs the eager
-        path. Valid until this runner's next replay. `feed`: input tokens that
+        path. Valid until this runner's next replay. `feeds`: input tokens that
         only the device has yet, copied in after the staged ids."""
         num_seqs = len(spans)
         query_len = max((span.num_new for span in spans), default=0)
@@ -230,7 +230,7 @@ class GraphRunner:
         if entry is None:
             return None
         self._stage(bucket, query_len, *staged)
-        if feed is not None:
+        for feed in feeds:
             feed.apply(self._tokens[0], range(0, num_seqs * query_len, query_len))
         graph, hidden = entry
         graph.replay()

@@ -12,7 +12,7 @@ requests and rejection sampling for speculating ones.
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -28,6 +28,7 @@ from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+from helix.worker.step_clock import StepClock
 from helix.worker.token_feed import TokenFeed
 
 
@@ -96,58 +97,66 @@ class ModelRunner:
         output = ModelOutput(sampled={})
         if not step.scheduled:
             return lambda: output
-        started = time.perf_counter()
+        clock = StepClock(self.device)
         proposals = self.proposer.propose(step.scheduled, self._row_for) if self.proposer else Proposals()
-        drafted = time.perf_counter()
-        drafts = {rid: p.token_ids for rid, p in proposals.by_request.items()}
-        hidden, rows = self._forward(step.scheduled, drafts)
+        clock.mark()
+        hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
-        sampling = self._start_sampling(step.scheduled, rows, hidden, drafts)
+        sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)
         self._last_sampled = sampling
-        launched = time.perf_counter()
+        clock.mark()
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
-            finishing = time.perf_counter()
             _finish_prompt_logprobs(prompt_logprobs, output)
             self._finish_sampling(sampling, output)
+            proposals.read_drafts()
             self._verify(step.scheduled, hidden, rows, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
-            # Target time: launching plus waiting for the results (not the caller's work between).
-            target_seconds = launched - drafted + time.perf_counter() - finishing
+            draft_seconds, target_seconds = clock.phases()
             # Draft passes that only mirrored prompt chunks are not what a draft token costs.
             draft_passes = proposals.num_passes if proposals.by_request else 0
-            return _with_timings(output, StepTimings(drafted - started, draft_passes, target_seconds))
+            return _with_timings(output, StepTimings(draft_seconds, draft_passes, target_seconds))
 
         return finish
 
-    def _forward(self, scheduled: list[ScheduledRequest],
-                 drafts: dict[str, list[int]]) -> tuple[torch.Tensor, SpanRows]:
+    def _forward(self, scheduled: list[ScheduledRequest], proposals: Proposals) -> tuple[torch.Tensor, SpanRows]:
         spans, token_ids = [], []
         fed_spans, fed_rows = [], []
+        num_device_drafts = Counter(request_id for rows in proposals.on_device for request_id in rows.request_ids)
+        span_of: dict[str, int] = {}
         for index, item in enumerate(scheduled):
             request = item.request
+            request_id = request.request_id
+            span_of[request_id] = index
             if item.num_spec_tokens:
-                tokens = request.token_ids(item.start, item.start + 1) + drafts.get(request.request_id, [])
+                proposal = proposals.by_request.get(request_id)
+                # Drafts chosen on the device are fed in below; placeholders hold their rows.
+                drafts = [0] * num_device_drafts[request_id] if num_device_drafts[request_id] else (
+                    proposal.token_ids if proposal is not None else [])
+                tokens = request.token_ids(item.start, item.start + 1) + drafts
             elif item.start == request.num_tokens:  # scheduled ahead: the previous step is sampling it
                 fed_spans.append(index)
-                fed_rows.append(self._previous_choice(request.request_id))
+                fed_rows.append(self._previous_choice(request_id))
                 tokens = [0] * item.num_new_tokens  # a placeholder, overwritten on the device
             else:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
-        feed = (TokenFeed(tuple(fed_spans), self._last_sampled.tokens.token_ids, tuple(fed_rows))
-                if fed_spans and self._last_sampled is not None else None)
+        feeds = [TokenFeed(tuple(span_of[request_id] for request_id in rows.request_ids), rows.token_ids,
+                           tuple(range(len(rows.request_ids))), offset=1 + depth)
+                 for depth, rows in enumerate(proposals.on_device)]
+        if fed_spans and self._last_sampled is not None:  # _previous_choice checked it
+            feeds.append(TokenFeed(tuple(fed_spans), self._last_sampled.tokens.token_ids, tuple(fed_rows)))
         counts = tuple(span.num_new for span in spans)
         if self.graphs is not None:
-            replayed = self.graphs.run(spans, token_ids, feed)
+            replayed = self.graphs.run(spans, token_ids, feeds)
             if replayed is not None:
                 hidden, query_len = replayed
                 return hidden, SpanRows(tuple(range(0, query_len * len(spans), query_len)), counts)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = to_device(token_ids, torch.int64, self.device)
-        if feed is not None:
+        for feed in feeds:
             feed.apply(input_ids, meta.query_start_loc_host)
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
         return hidden, SpanRows(meta.query_start_loc_host[:-1], counts)
@@ -160,10 +169,10 @@ class ModelRunner:
         return self._last_sampled.row_of[request_id]
 
     def _start_sampling(self, scheduled: list[ScheduledRequest], rows: SpanRows, hidden: torch.Tensor,
-                        drafts: dict[str, list[int]]) -> _PendingSamples | None:
+                        proposals: Proposals) -> _PendingSamples | None:
         """Ordinary requests: queue the choice of one token from the last position of their span."""
         chosen = [(i, item) for i, item in enumerate(scheduled)
-                  if item.samples and item.request.request_id not in drafts]
+                  if item.samples and item.request.request_id not in proposals.by_request]
         if not chosen:
             return None
         last_rows = [rows.last(i) for i, _ in chosen]

@@ -27,8 +27,8 @@ def _record_batches(runner: GraphRunner) -> list[tuple[int, bool]]:
     calls: list[tuple[int, bool]] = []
     run = runner.run
 
-    def recording_run(spans: Any, token_ids: Any, feed: Any = None) -> tuple[torch.Tensor, int] | None:
-        replayed = run(spans, token_ids, feed)
+    def recording_run(spans: Any, token_ids: Any, feeds: Any = ()) -> tuple[torch.Tensor, int] | None:
+        replayed = run(spans, token_ids, feeds)
         if all(span.num_new == 1 for span in spans):
             calls.append((len(spans), replayed is not None))
         return replayed
@@ -93,10 +93,10 @@ def test_scheduling_ahead_matches_scheduling_after_results(regime: str, dtype: s
         fed: list[int] = []
         run = llm.engine.runner.graphs.run
 
-        def recording_run(spans: Any, token_ids: Any, feed: Any = None) -> Any:
-            replayed = run(spans, token_ids, feed)
-            if feed is not None and replayed is not None:
-                fed.append(len(feed.rows))
+        def recording_run(spans: Any, token_ids: Any, feeds: Any = ()) -> Any:
+            replayed = run(spans, token_ids, feeds)
+            if feeds and replayed is not None:
+                fed.append(len(feeds))
             return replayed
 
         llm.engine.runner.graphs.run = recording_run

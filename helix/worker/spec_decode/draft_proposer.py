@@ -6,7 +6,9 @@ every token from its draft coverage up to and including its last known token,
 whose last logits give the first draft token; and (b) mirrors of this step's
 prompt chunks, so prompts are prefilled in both models in the same step.
 Passes B then extend each speculating request by one draft token at a time,
-K - 1 times, batched over the requests that still need more.
+K - 1 times, batched over the requests that still need more. Draft tokens
+stay on the device: each pass's choices are fed into the next pass (and into
+verification) there, and reach the host once, after the last pass.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
+from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
-from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
+from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
+from helix.worker.token_feed import TokenFeed
 
 
 class DraftModelProposer:
@@ -42,24 +46,33 @@ class DraftModelProposer:
 
     @torch.inference_mode()
     def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
+        """Queue the draft passes; each pass's tokens are fed to the next on the
+        device. Only requests whose sampler reads the drafts so far (penalties,
+        min_tokens) make a pass wait for its tokens on the host."""
         proposals = Proposals()
         speculating = [item for item in scheduled if item.num_spec_tokens > 0]
         mirrored = [item for item in scheduled if self._mirrors(item)]
         if not speculating and not mirrored:
             return proposals
-        drafts: dict[str, list[int]] = {item.request.request_id: [] for item in speculating}
+        history: dict[str, list[int]] = {item.request.request_id: [] for item in speculating
+                                         if item.request.sampler_reads_output}
         q_rows: dict[str, list[torch.Tensor]] = {item.request.request_id: [] for item in speculating}
-        self._pass_a(speculating, mirrored, row_for, drafts, q_rows, proposals)
-        for depth in range(1, max((i.num_spec_tokens for i in speculating), default=0)):
+        first = self._pass_a(speculating, mirrored, row_for, history, q_rows, proposals)
+        if first is None:
+            return proposals
+        proposals.on_device.append(first)
+        for depth in range(1, max(i.num_spec_tokens for i in speculating)):
             extending = [item for item in speculating if item.num_spec_tokens > depth]
-            self._pass_b(extending, depth, row_for, drafts, q_rows)
+            proposals.on_device.append(
+                self._pass_b(extending, depth, proposals.on_device[-1], row_for, history, q_rows))
             proposals.num_passes += 1
         for item in speculating:
             request_id = item.request.request_id
             q = q_rows[request_id]
-            proposals.by_request[request_id] = Proposal(drafts[request_id], torch.stack(q) if q else None)
+            proposals.by_request[request_id] = Proposal([], torch.stack(q) if q else None)
             # Drafts 1..K-1 were fed back; the K-th exists only as a token.
             proposals.draft_computed[request_id] = item.request.num_tokens + item.num_spec_tokens - 1
+        proposals.start_reading()
         return proposals
 
     def _mirrors(self, item: ScheduledRequest) -> bool:
@@ -69,7 +82,8 @@ class DraftModelProposer:
                 and item.start < request.num_prompt_tokens)
 
     def _pass_a(self, speculating: list[ScheduledRequest], mirrored: list[ScheduledRequest], row_for: RowFactory,
-                drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]], proposals: Proposals) -> None:
+                history: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]],
+                proposals: Proposals) -> DraftRows | None:
         spans, token_ids = [], []
         for item in speculating:
             request = item.request
@@ -82,39 +96,51 @@ class DraftModelProposer:
             proposals.draft_computed[item.request.request_id] = item.start + item.num_new_tokens
         hidden, last_rows = self._forward(spans, token_ids)
         proposals.num_passes += 1
-        if speculating:
-            self._sample_next(speculating, hidden[last_rows[:len(speculating)]], row_for, drafts, q_rows)
+        if not speculating:
+            return None
+        return self._sample_next(speculating, hidden[last_rows[:len(speculating)]], row_for, history, q_rows)
 
-    def _pass_b(self, extending: list[ScheduledRequest], depth: int, row_for: RowFactory,
-                drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> None:
-        # Feed draft `depth` at its position; its logits propose draft depth + 1.
+    def _pass_b(self, extending: list[ScheduledRequest], depth: int, previous: DraftRows, row_for: RowFactory,
+                history: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> DraftRows:
+        # Feed draft `depth` (chosen by the previous pass, on the device) at its position;
+        # its logits propose draft depth + 1.
         spans = [SequenceSpan(item.block_table, item.request.num_tokens - 1 + depth, 1) for item in extending]
-        token_ids = [drafts[item.request.request_id][-1] for item in extending]
-        hidden, last_rows = self._forward(spans, token_ids)
-        self._sample_next(extending, hidden[last_rows], row_for, drafts, q_rows)
+        row_of = {request_id: i for i, request_id in enumerate(previous.request_ids)}
+        feed = TokenFeed(tuple(range(len(extending))), previous.token_ids,
+                         tuple(row_of[item.request.request_id] for item in extending))
+        hidden, last_rows = self._forward(spans, [0] * len(extending), (feed,))
+        return self._sample_next(extending, hidden[last_rows], row_for, history, q_rows)
 
-    def _forward(self, spans: list[SequenceSpan], token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, spans: list[SequenceSpan], token_ids: list[int],
+                 feeds: Sequence[TokenFeed] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graphs is not None:
-            replayed = self.graphs.run(spans, token_ids)
+            replayed = self.graphs.run(spans, token_ids, feeds)
             if replayed is not None:
                 hidden, query_len = replayed
                 if query_len == 1:
                     return hidden, self.graphs.row_indices[:len(spans)]
                 last = [i * query_len + span.num_new - 1 for i, span in enumerate(spans)]
-                return hidden, torch.tensor(last, device=self.device)
+                return hidden, to_device(last, torch.int64, self.device)
         meta = build_attention_metadata(spans, self.block_size, self.device)
-        input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        input_ids = to_device(token_ids, torch.int64, self.device)
+        for feed in feeds:
+            feed.apply(input_ids, meta.query_start_loc_host)
         return self.model(input_ids, self.kv_cache, meta), meta.last_token_indices
 
     def _sample_next(self, items: list[ScheduledRequest], hidden: torch.Tensor, row_for: RowFactory,
-                     drafts: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> None:
-        rows: list[SamplingRow] = [row_for(item.request, drafts[item.request.request_id]) for item in items]
+                     history: dict[str, list[int]], q_rows: dict[str, list[torch.Tensor]]) -> DraftRows:
+        request_ids = [item.request.request_id for item in items]
+        rows: list[SamplingRow] = [row_for(item.request, history.get(request_id, ()))
+                                   for item, request_id in zip(items, request_ids)]
         transformed = transform_logits(self.model.compute_logits(hidden), rows)  # [len(items), vocab]
         # q is only needed for sampled requests; a greedy draft is one-hot on its token.
         probs = transformed.softmax(dim=-1) if any(not row.params.greedy for row in rows) else None
-        for i, (item, token) in enumerate(zip(items, choose(transformed, rows).tolist())):
-            request_id = item.request.request_id
-            drafts[request_id].append(token)
-            if probs is not None and not rows[i].params.greedy:
+        chosen = choose(transformed, rows)  # [len(items)] on the device
+        for i, (request_id, row) in enumerate(zip(request_ids, rows)):
+            if probs is not None and not row.params.greedy:
                 q_rows[request_id].append(probs[i])
-
+        if any(request_id in history for request_id in request_ids):  # waits for this pass's tokens
+            for request_id, token in zip(request_ids, chosen.tolist()):
+                if request_id in history:
+                    history[request_id].append(token)
+        return DraftRows(request_ids, chosen)

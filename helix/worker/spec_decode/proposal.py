@@ -9,6 +9,7 @@ import torch
 
 from helix.scheduler.outputs import ScheduledRequest
 from helix.scheduler.request import Request
+from helix.worker.device import HostCopy
 from helix.worker.sampler import SamplingRow
 
 # Sampling settings of a request at the position after `extra_tokens` (drafts so far).
@@ -17,8 +18,16 @@ RowFactory = Callable[[Request, Sequence[int]], SamplingRow]
 
 @dataclass(frozen=True)
 class Proposal:
-    token_ids: list[int]
-    draft_probs: torch.Tensor | None  # [len(token_ids), vocab] q; None: deterministic (one-hot q)
+    token_ids: list[int]  # filled by `Proposals.read_drafts` when the drafts were chosen on the device
+    draft_probs: torch.Tensor | None  # [num drafts, vocab] q; None: deterministic (one-hot q)
+
+
+@dataclass(frozen=True)
+class DraftRows:
+    """One depth of drafts, on the device: token_ids[i] is request_ids[i]'s draft."""
+
+    request_ids: list[str]
+    token_ids: torch.Tensor  # [len(request_ids)] int64
 
 
 @dataclass
@@ -26,6 +35,22 @@ class Proposals:
     by_request: dict[str, Proposal] = field(default_factory=dict)
     draft_computed: dict[str, int] = field(default_factory=dict)  # new draft-cache coverage per request
     num_passes: int = 0
+    # Drafts chosen on the device, by depth, not yet on the host (empty: already there).
+    on_device: list[DraftRows] = field(default_factory=list)
+    _copy: HostCopy | None = None
+
+    def start_reading(self) -> None:
+        """Queue the device drafts' copy to the host (after the passes that choose them)."""
+        self._copy = HostCopy([rows.token_ids for rows in self.on_device])
+
+    def read_drafts(self) -> None:
+        """Put the device drafts into each proposal's token_ids (waits for them)."""
+        if self._copy is None:
+            return
+        for rows, host in zip(self.on_device, self._copy.wait()):
+            for request_id, token in zip(rows.request_ids, host.tolist()):
+                self.by_request[request_id].token_ids.append(token)
+        self._copy = None
 
 
 class Proposer(Protocol):
