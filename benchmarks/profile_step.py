@@ -35,7 +35,8 @@ def instrument(llm: LLM, totals: collections.Counter[str]) -> None:
         for part in owner_path.split("."):
             owner = getattr(owner, part)
         if hasattr(owner, "proposer") and owner.proposer is not None and name == "launch":
-            _wrap(owner.proposer, "propose", totals, "runner.proposer.propose")
+            for proposer_phase in ("propose", "_forward", "_sample_next"):
+                _wrap(owner.proposer, proposer_phase, totals, f"runner.proposer.{proposer_phase}")
         _wrap(owner, name, totals, f"{owner_path.split('.')[-1]}.{name}")
 
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--model", default="tinyllama-1.1b")
     parser.add_argument("--draft", default=None)
     parser.add_argument("--synthetic-acceptance", type=float, default=0.7)
+    parser.add_argument("--speculation-mode", default="adaptive", choices=["adaptive", "fixed"])
+    parser.add_argument("--num-speculative-tokens", type=int, default=4)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
@@ -68,7 +71,9 @@ def main() -> None:
                                        max_model_len=2048, max_num_seqs=max(batch, 1),
                                        async_scheduling=args.async_scheduling)
         if args.draft:
-            options.update(draft_model=args.draft, spec_synthetic_acceptance=args.synthetic_acceptance)
+            options.update(draft_model=args.draft, spec_synthetic_acceptance=args.synthetic_acceptance,
+                           speculation_mode=args.speculation_mode,
+                           num_speculative_tokens=args.num_speculative_tokens)
         llm = LLM(args.model, **options)
         prompts = [[(7 * i + j) % 30000 + 1 for j in range(128)] for i in range(batch)]
         params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)
@@ -84,6 +89,10 @@ def main() -> None:
         print(f"\n== {args.model} batch {batch}{' + ' + args.draft if args.draft else ''}, "
               f"async scheduling {llm.engine.async_scheduling}: "
               f"{elapsed / steps * 1e3:.3f} ms per generated token position ({elapsed:.3f} s)")
+        stats = llm.stats()
+        if args.draft:
+            print(f"  mean accepted length {stats['mean_accepted_length']:.2f}, "
+                  f"draft/target cost ratio {stats['draft_cost_ratio']:.3f}")
         for label, seconds in totals.most_common():
             print(f"  {label:32s} {seconds / steps * 1e3:8.3f} ms/step")
         _kernel_table(llm, prompts)
