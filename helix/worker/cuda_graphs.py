@@ -139,6 +139,15 @@ class GraphRunner:
     def num_graphs(self) -> int:
         return len(self._graphs)
 
+    @property
+    def memory_pool(self) -> tuple[int, int] | None:
+        """The pool every graph of this runner allocates from (for graphs built on top of it)."""
+        return self._pool
+
+    def splits_for(self, num_seqs: int, query_len: int, max_seq_len: int) -> int:
+        """The split-KV factor an eager launch picks for this batch shape (memoised)."""
+        return self._splits_for(num_seqs, query_len, max_seq_len)
+
     # -- capture ---------------------------------------------------------------
     def split_choices(self, bucket: int, query_len: int = 1) -> list[int]:
         """Split-KV factors the eager launcher can pick for this bucket's batch
@@ -225,7 +234,7 @@ class GraphRunner:
         if staged is None:
             return None
         bucket = buckets[bisect.bisect_left(buckets, num_seqs)]
-        splits = self._splits_for(num_seqs, query_len, max(staged[3]))
+        splits = self.splits_for(num_seqs, query_len, max(staged[3]))
         entry = self._graphs.get((bucket, query_len, splits))
         if entry is None:
             return None

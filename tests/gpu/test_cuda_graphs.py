@@ -181,3 +181,40 @@ def test_verify_graphs_match_eager_speculation(mode: str, tiny_model_dirs: dict[
             assert any(q > 1 for _, q, _ in llm.engine.runner.graphs.replays), llm.engine.runner.graphs.replays
     compared = len(prompts) if mode == "adaptive" else 2 * len(prompts)
     assert results[False][:compared] == results[True][:compared]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_draft_loop_graph_proposes_the_per_pass_drafts(dtype: str, tiny_model_dirs: dict[str, Path],
+                                                       unrelated_draft_dir: Path,
+                                                       greedy_prompts: list[list[int]]) -> None:
+    """Greedy passes B as one graph propose what pass-by-pass launches propose:
+    every request accepts the same number of drafts, so the outputs and the
+    per-request acceptance agree; contexts stay under one split-KV block."""
+    options: dict[str, Any] = dict(device="cuda", dtype=dtype, block_size=4, num_kv_blocks=1024,
+                                   draft_model=str(unrelated_draft_dir), speculation_mode="fixed",
+                                   num_speculative_tokens=5, max_num_seqs=16, check_invariants=True)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    results = {}
+    for use_loop in (True, False):
+        llm = LLM(str(tiny_model_dirs["llama"]), **options)
+        proposer = llm.engine.runner.proposer
+        assert proposer.loop is not None
+        if not use_loop:
+            proposer.loop = None
+        outputs = llm.generate(greedy_prompts[:16], params, use_tqdm=False)
+        assert_drained(llm)
+        results[use_loop] = [(o.outputs[0].token_ids, o.outputs[0].num_accepted_tokens) for o in outputs]
+        if use_loop:
+            assert proposer.loop.replays > 0
+    assert results[True] == results[False]
+    assert sum(accepted for _, accepted in results[True]) > 0
+
+
+def test_draft_loop_graph_with_the_target_as_draft_accepts_everything(tiny_model_dirs: dict[str, Path],
+                                                                      greedy_prompts: list[list[int]],
+                                                                      greedy_expected: list[list[int]]) -> None:
+    target = tiny_model_dirs["llama"]
+    llm = run_regime("swap", target, greedy_prompts, greedy_expected, device="cuda", dtype="float32",
+                     draft_model=str(target), speculation_mode="fixed", num_speculative_tokens=6)
+    assert llm.engine.runner.proposer.loop.replays > 0
+    assert llm.stats()["acceptance_rate"] == 1.0

@@ -24,6 +24,7 @@ from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
+from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
 from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
 from helix.worker.token_feed import TokenFeed
 
@@ -36,10 +37,17 @@ class DraftModelProposer:
         self.device = device
         self.cache = allocate_swappable_cache(model.arch, num_gpu_blocks, num_cpu_blocks, block_size, dtype, device)
         self.kv_cache = self.cache.device_cache
-        # CUDA graphs for passes of one- and two-token spans (None: always eager).
-        # Passes B are one token per request; pass A is one, or two after a verify
-        # that accepted every draft (the last draft and the bonus token).
-        self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, (1, 2), "draft")
+        # CUDA graphs for passes of spans up to 1 + K tokens (None: always eager).
+        # Passes B are one token per request; pass A is one, two after a verify
+        # that accepted every draft (the last draft and the bonus token), or more
+        # after steps without speculation.
+        query_lens = range(1, graphs.max_query_len + 1) if graphs is not None else (1,)
+        self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, query_lens, "draft")
+        # Greedy passes B as one graph (depth up to K - 1).
+        self.loop = None
+        if self.graphs is not None and self.graphs.max_query_len > 2:
+            self.loop = DraftLoopGraphs(model, self.kv_cache, block_size, self.graphs, self.graphs.max_query_len - 2)
+            self.loop.capture()
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         self.cache.swap(pairs, to_cpu)
@@ -61,7 +69,14 @@ class DraftModelProposer:
         if first is None:
             return proposals
         proposals.on_device.append(first)
-        for depth in range(1, max(i.num_spec_tokens for i in speculating)):
+        max_depth = max(i.num_spec_tokens for i in speculating) - 1
+        if self._loop_covers(speculating, max_depth):
+            assert self.loop is not None
+            drafts = self.loop.run(first.token_ids, [item.request.num_tokens for item in speculating],
+                                   [item.block_table for item in speculating], max_depth)  # [n, max_depth]
+            proposals.on_device.extend(DraftRows(first.request_ids, drafts[:, d]) for d in range(max_depth))
+            proposals.num_passes += max_depth
+        for depth in range(len(proposals.on_device), max_depth + 1):
             extending = [item for item in speculating if item.num_spec_tokens > depth]
             proposals.on_device.append(
                 self._pass_b(extending, depth, proposals.on_device[-1], row_for, history, q_rows))
@@ -74,6 +89,14 @@ class DraftModelProposer:
             proposals.draft_computed[request_id] = item.request.num_tokens + item.num_spec_tokens - 1
         proposals.start_reading()
         return proposals
+
+    def _loop_covers(self, speculating: list[ScheduledRequest], depth: int) -> bool:
+        """Whether passes B can run as one graph: every request drafts greedily, with
+        no logit edits, to the same depth."""
+        return (self.loop is not None and self.loop.covers(len(speculating), depth)
+                and all(item.num_spec_tokens == depth + 1 and item.request.params.greedy
+                        and not item.request.params.logit_bias and not item.request.sampler_reads_output
+                        for item in speculating))
 
     def _mirrors(self, item: ScheduledRequest) -> bool:
         """A prompt chunk the draft can compute in step with the target."""

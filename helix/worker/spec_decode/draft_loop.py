@@ -1,0 +1,148 @@
+"""Greedy draft passes B as one CUDA graph.
+
+After pass A has chosen each request's first draft, passes B feed draft d at
+position p + d (p = the request's token count - 1) and take the argmax of its
+logits as draft d + 1. Launched one by one, each pass costs the host far more
+than the small draft costs the GPU. `DraftLoopGraphs` captures D such passes
+back to back: forward, logits, argmax, and the next pass's inputs (the token,
+position + 1, its slot from the block table, sequence length + 1) computed
+on the device, so D passes cost one staging and one replay.
+
+Graphs exist per (batch bucket, D, split-KV factor), for buckets up to the
+verify limit and D up to K - 1. The split factor is pinned per graph and
+chosen for the last pass's context, the longest; drafts are proposals, so a
+factor that differs from the eager choice for earlier passes changes no
+output, only (rarely) which drafts the target accepts. Rows past the batch
+(padding) have sequence length 0 and slot -1 throughout: they read and write
+nothing. Only greedy drafts without logit edits run here (argmax is their
+whole sampler); others take the per-pass path.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from typing import Sequence
+
+import torch
+
+from helix.worker.attention.metadata import AttentionMetadata
+from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner
+from helix.worker.models import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+
+class DraftLoopGraphs:
+    def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int, passes: GraphRunner,
+                 max_depth: int):
+        """`passes`: the draft's single-pass graphs, whose buckets and split choices this follows."""
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.passes = passes
+        self.max_depth = max_depth
+        self.buckets = passes.buckets[1][:bisect.bisect_right(passes.buckets[1], MAX_VERIFY_BUCKET)]
+        device = kv_cache.device
+        max_bs = self.buckets[-1]
+        # Static inputs, advanced in place by each captured pass.
+        self._ids = torch.zeros(max_bs, dtype=torch.int64, device=device)
+        self._positions = torch.zeros(max_bs, dtype=torch.int64, device=device)
+        self._slots = torch.full((max_bs,), -1, dtype=torch.int64, device=device)
+        self._seq_lens = torch.zeros(max_bs, dtype=torch.int32, device=device)
+        self._live = torch.zeros(max_bs, dtype=torch.int64, device=device)  # 1 for real rows, 0 for padding
+        self._block_tables = torch.zeros((max_bs, passes.max_blocks), dtype=torch.int32, device=device)
+        self._query_start_loc = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
+        self._drafts = torch.zeros((max_bs, max(1, max_depth)), dtype=torch.int64, device=device)
+        self._host = torch.zeros((3, max_bs), dtype=torch.int64, pin_memory=True)  # positions, live, slots
+        self._host_seq_lens = torch.zeros(max_bs, dtype=torch.int32, pin_memory=True)
+        self._host_tables = torch.zeros((max_bs, passes.max_blocks), dtype=torch.int32, pin_memory=True)
+        self._staged = torch.cuda.Event()
+        self._staged.record()
+        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self.replays = 0
+
+    def covers(self, num_seqs: int, depth: int) -> bool:
+        return 0 < depth <= self.max_depth and num_seqs <= self.buckets[-1]
+
+    # -- capture -------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture(self) -> None:
+        if self.max_depth < 1:
+            return
+        started = time.perf_counter()
+        for bucket in reversed(self.buckets):
+            for depth in range(self.max_depth, 0, -1):
+                for splits in self.passes.split_choices(bucket, 1):
+                    self._passes(bucket, depth, splits)  # compiles kernels; padding rows write nothing
+                    torch.cuda.synchronize()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self.passes.memory_pool):
+                        self._passes(bucket, depth, splits)
+                    self._graphs[(bucket, depth, splits)] = graph
+        torch.cuda.synchronize()
+        logger.info("captured %d CUDA graphs of up to %d greedy draft passes (batch sizes %s) in %.2f s",
+                    len(self._graphs), self.max_depth, ",".join(map(str, self.buckets)),
+                    time.perf_counter() - started)
+
+    def _passes(self, bucket: int, depth: int, splits: int) -> None:
+        """`depth` greedy passes over the static inputs (what a graph holds)."""
+        block_size, width = self.block_size, self._block_tables.shape[1]
+        positions, slots, seq_lens = self._positions[:bucket], self._slots[:bucket], self._seq_lens[:bucket]
+        live, tables, ids = self._live[:bucket], self._block_tables[:bucket], self._ids[:bucket]
+        meta = AttentionMetadata(
+            positions=positions, slot_mapping=slots, block_tables=tables, seq_lens=seq_lens,
+            query_start_loc=self._query_start_loc[:bucket + 1], seq_lens_host=(0,) * bucket,
+            query_start_loc_host=tuple(range(bucket + 1)), block_size=block_size, num_splits=splits)
+        for d in range(depth):
+            hidden = self.model(ids, self.kv_cache, meta)  # [bucket, hidden]
+            chosen = self.model.compute_logits(hidden).argmax(dim=-1)  # [bucket]
+            self._drafts[:bucket, d].copy_(chosen)
+            if d + 1 == depth:
+                break
+            ids.copy_(chosen)
+            positions.add_(live)
+            seq_lens.add_(live.to(torch.int32))
+            block = (positions // block_size).clamp(max=width - 1).unsqueeze(1)
+            slot = tables.gather(1, block).squeeze(1).to(torch.int64) * block_size + positions % block_size
+            slots.copy_(torch.where(live.bool(), slot, -1))
+
+    # -- replay ----------------------------------------------------------------------
+    def run(self, first_tokens: torch.Tensor, positions: Sequence[int], tables: Sequence[Sequence[int]],
+            depth: int) -> torch.Tensor:
+        """Drafts [n, depth] after `first_tokens` [n] (on the device), which sit at
+        `positions` of sequences with these block tables. Valid until the next run."""
+        num_seqs = len(positions)
+        bucket = self.buckets[bisect.bisect_left(self.buckets, num_seqs)]
+        last_len = max(positions) + depth
+        splits = self.passes.splits_for(num_seqs, 1, last_len)
+        graph = self._graphs[(bucket, depth, splits)]
+        self._stage(bucket, positions, tables)
+        self._ids[:num_seqs].copy_(first_tokens)
+        graph.replay()
+        self.replays += 1
+        return self._drafts[:num_seqs, :depth]
+
+    def _stage(self, bucket: int, positions: Sequence[int], tables: Sequence[Sequence[int]]) -> None:
+        num_seqs, block_size = len(positions), self.block_size
+        self._staged.synchronize()  # the last run's copies have read the staging buffers
+        host, seq_lens = self._host.numpy(), self._host_seq_lens.numpy()
+        host[:2, num_seqs:bucket] = 0
+        host[2, num_seqs:bucket] = -1
+        seq_lens[num_seqs:bucket] = 0
+        host[0, :num_seqs] = positions
+        host[1, :num_seqs] = 1
+        host[2, :num_seqs] = [t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions)]
+        seq_lens[:num_seqs] = [p + 1 for p in positions]
+        host_tables = self._host_tables.numpy()
+        width = max(len(t) for t in tables)
+        for row, table in enumerate(tables):
+            host_tables[row, :len(table)] = table
+            host_tables[row, len(table):width] = 0
+        self._positions[:bucket].copy_(self._host[0, :bucket], non_blocking=True)
+        self._live[:bucket].copy_(self._host[1, :bucket], non_blocking=True)
+        self._slots[:bucket].copy_(self._host[2, :bucket], non_blocking=True)
+        self._seq_lens[:bucket].copy_(self._host_seq_lens[:bucket], non_blocking=True)
+        self._block_tables[:num_seqs].copy_(self._host_tables[:num_seqs], non_blocking=True)
+        self._staged.record()
