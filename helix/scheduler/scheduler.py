@@ -17,9 +17,10 @@ has it yet. Requests that N takes to max_tokens are left out; one that N
 ends by a stop token runs one wasted position, dropped in update. Scheduled
 ahead, nothing is preempted (a victim may be in flight): a request that
 cannot grow waits, and the step says so (`needs_preemption`), so the next is
-scheduled after the results. Speculation and samplers that read the output
-history (penalties, min_tokens) need the results first
-(`can_schedule_ahead`). Updates must still be applied in step order.
+scheduled after the results. Speculation (unless load leaves no room for
+drafts) and samplers that read the output history (penalties, min_tokens)
+need the results first (`can_schedule_ahead`). Updates must still be
+applied in step order.
 """
 
 from __future__ import annotations
@@ -103,11 +104,21 @@ class Scheduler:
 
     def can_schedule_ahead(self, in_flight: SchedulerOutput) -> bool:
         """Whether the next step may be scheduled before `in_flight`'s results."""
-        if self.speculation is not None and self.speculation.config.enabled:
+        if self.speculation is not None and self.speculation.config.enabled and (
+                any(item.num_spec_tokens for item in in_flight.scheduled) or not self._drafts_crowded_out()):
             return False
         if in_flight.needs_preemption:
             return False
         return not any(item.samples and item.request.sampler_reads_output for item in in_flight.scheduled)
+
+    def _drafts_crowded_out(self) -> bool:
+        """Whether adaptive speculation would drop every draft next step anyway: the
+        running requests alone fill the verify token budget, and none is seeded
+        (seeded requests keep their K). Such a step is plain decoding, which can
+        be scheduled ahead; the draft model catches up once drafts fit again."""
+        config = self.speculation.config if self.speculation is not None else None
+        return (config is not None and config.mode == "adaptive" and len(self.running) >= config.token_budget
+                and all(request.params.seed is None for request in self.running))
 
     def schedule(self, in_flight: SchedulerOutput | None = None) -> SchedulerOutput:
         """The next step; `in_flight`: the step still running, whose results are not applied yet."""

@@ -79,6 +79,7 @@ class ModelRunner:
         self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, query_lens, "target")
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
+        self._rows: dict[str, SamplingRow] = {}  # per running request, at its next position
         # The last launched step's choices: a step scheduled ahead feeds them in.
         self._last_sampled: _PendingSamples | None = None
 
@@ -223,15 +224,19 @@ class ModelRunner:
 
     def _row_for(self, request: Request, extra_tokens: Sequence[int]) -> SamplingRow:
         """Sampling settings at the position after the request's tokens plus `extra_tokens`."""
+        if not extra_tokens:
+            # The row holds the live output list, so one row serves every step.
+            row = self._rows.get(request.request_id)
+            if row is None or row.output_token_ids is not request.output_token_ids:
+                row = self._rows[request.request_id] = self._new_row(request, request.output_token_ids)
+            return row
+        return self._new_row(request, request.output_token_ids + list(extra_tokens))
+
+    def _new_row(self, request: Request, output_token_ids: list[int]) -> SamplingRow:
         params = request.params
-        return SamplingRow(
-            params=params,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=request.output_token_ids + list(extra_tokens) if extra_tokens
-            else request.output_token_ids,
-            stop_ids_before_min=request.stop_token_set,
-            generator=self._generator_for(request.request_id, params.seed),
-        )
+        return SamplingRow(params=params, prompt_token_ids=request.prompt_token_ids,
+                           output_token_ids=output_token_ids, stop_ids_before_min=request.stop_token_set,
+                           generator=self._generator_for(request.request_id, params.seed))
 
     def _generator_for(self, request_id: str, seed: int | None) -> torch.Generator:
         if seed is None:
@@ -268,6 +273,7 @@ class ModelRunner:
     def _drop_finished(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._request_generators.pop(request_id, None)
+            self._rows.pop(request_id, None)
 
 
 def _finish_prompt_logprobs(pending: list[_PendingPromptLogprobs], output: ModelOutput) -> None:

@@ -130,3 +130,23 @@ def test_speculation_schedules_after_results(tiny_model_dirs: dict[str, Path],
     assert [o.outputs[0].token_ids for o in outputs] == greedy_expected
     assert ahead[0] == 0
     assert_drained(llm)
+
+
+def test_speculation_crowded_out_by_load_schedules_ahead(tiny_model_dirs: dict[str, Path],
+                                                         greedy_prompts: list[list[int]],
+                                                         greedy_expected: list[list[int]]) -> None:
+    """With the verify budget full of running requests, adaptive speculation would
+    drop every draft: those steps are plain decoding, scheduled ahead; drafts
+    come back (the draft model catching up) once the batch thins out."""
+    llm = LLM(str(tiny_model_dirs["llama"]), draft_model=str(tiny_model_dirs["llama"]), num_kv_blocks=512,
+              block_size=4, async_scheduling=True, speculation_token_budget=8, check_invariants=True)
+    ahead = count_ahead_schedules(llm)
+    # Staggered lengths: the batch shrinks below the budget while some requests still run.
+    params = [SamplingParams(temperature=0.0, max_tokens=4 + i % 16, ignore_eos=True)
+              for i in range(len(greedy_prompts))]
+    outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == [tokens[:p.max_tokens]
+                                                         for tokens, p in zip(greedy_expected, params)]
+    assert ahead[0] > 0
+    assert llm.stats()["spec_draft_tokens"] > 0
+    assert_drained(llm)
