@@ -54,6 +54,16 @@ class _PendingSamples:
 
 
 @dataclass(frozen=True)
+class _PendingVerify:
+    """Verify rows' logits, queued at launch: request i's rows are the next counts[i]."""
+
+    items: list[ScheduledRequest]
+    counts: list[int]                   # 1 + its drafts, per request
+    logits: torch.Tensor                # [sum(counts), vocab] raw
+    transformed: torch.Tensor | None    # the sampling transform, unless it reads the drafts
+
+
+@dataclass(frozen=True)
 class _PendingPromptLogprobs:
     """One request's prompt-token logprobs, computed on the device, not yet read back."""
 
@@ -104,6 +114,7 @@ class ModelRunner:
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)
+        verify = self._start_verify(step.scheduled, hidden, rows, proposals)
         self._last_sampled = sampling
         clock.mark()
 
@@ -112,7 +123,7 @@ class ModelRunner:
             _finish_prompt_logprobs(prompt_logprobs, output)
             self._finish_sampling(sampling, output)
             proposals.read_drafts()
-            self._verify(step.scheduled, hidden, rows, proposals, output)
+            self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
             draft_seconds, target_seconds = clock.phases()
             # Draft passes that only mirrored prompt chunks are not what a draft token costs.
@@ -194,32 +205,47 @@ class ModelRunner:
             if token.logprob is not None:
                 output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]
 
-    def _verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
-                proposals: Proposals, output: ModelOutput) -> None:
-        """Speculating requests: accept a prefix of the drafts, then one more token."""
-        verifying = [(i, item, proposals.by_request[item.request.request_id]) for i, item in enumerate(scheduled)
-                     if item.request.request_id in proposals.by_request]
+    def _start_verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
+                      proposals: Proposals) -> _PendingVerify | None:
+        """Speculating requests: queue one lm_head over every verify row, and the
+        transform where it does not depend on the drafts (read later)."""
+        verifying = [(i, item) for i, item in enumerate(scheduled) if item.request.request_id in proposals.by_request]
         if not verifying:
+            return None
+        items = [item for _, item in verifying]
+        counts = [span_rows.count[i] for i, _ in verifying]
+        row_index = [row for i, _ in verifying
+                     for row in range(span_rows.first[i], span_rows.first[i] + span_rows.count[i])]
+        logits = self.model.compute_logits(hidden[to_device(row_index, torch.int64, self.device)])
+        transformed = None
+        if not any(item.request.sampler_reads_output for item in items):
+            rows = [self._row_for(item.request, ()) for item, count in zip(items, counts) for _ in range(count)]
+            transformed = transform_logits(logits, rows)
+        return _PendingVerify(items, counts, logits, transformed)
+
+    def _verify(self, pending: _PendingVerify | None, proposals: Proposals, output: ModelOutput) -> None:
+        """Accept a prefix of each request's drafts, then one more token (drafts are on the host now)."""
+        if pending is None:
             return
-        # One lm_head and one transform over every verify row: [sum(1 + len(drafts)), vocab].
-        row_index = torch.cat([torch.arange(span_rows.first[i], span_rows.first[i] + span_rows.count[i])
-                               for i, _, _ in verifying]).to(self.device)
-        logits = self.model.compute_logits(hidden[row_index])
-        rows = [self._row_for(item.request, proposal.token_ids[:position])
-                for _, item, proposal in verifying for position in range(len(proposal.token_ids) + 1)]
-        transformed = transform_logits(logits, rows)
+        transformed = pending.transformed  # [sum(1 + len(drafts)), vocab]
+        if transformed is None:  # penalties and min_tokens read the drafts before each row
+            transformed = transform_logits(pending.logits, [
+                self._row_for(item.request, proposals.by_request[item.request.request_id].token_ids[:position])
+                for item, count in zip(pending.items, pending.counts) for position in range(count)])
         first = 0
-        for _, item, proposal in verifying:
-            request, drafts = item.request, proposal.token_ids
-            span = slice(first, first + len(drafts) + 1)
+        for item, count in zip(pending.items, pending.counts):
+            request = item.request
+            proposal = proposals.by_request[request.request_id]
+            drafts = proposal.token_ids
+            span = slice(first, first + count)
             first = span.stop
             emitted = self.accept(drafts, proposal.draft_probs, transformed[span], request.params.greedy,
-                                  rows[span.start].generator)
+                                  self._generator_for(request.request_id, request.params.seed))
             output.sampled[request.request_id] = emitted
             output.num_proposed[request.request_id] = len(drafts)
             output.num_accepted[request.request_id] = len(emitted) - 1
             if request.params.logprobs is not None:
-                output.logprobs[request.request_id] = _emitted_logprobs(logits[span], emitted,
+                output.logprobs[request.request_id] = _emitted_logprobs(pending.logits[span], emitted,
                                                                         request.params.logprobs)
 
     def _row_for(self, request: Request, extra_tokens: Sequence[int]) -> SamplingRow:
