@@ -3,8 +3,9 @@
 from helix.engine_args import EngineArgs
 from helix.llm import LLM
 from helix.outputs import CompletionOutput, RequestOutput
-from helix.sampling_params import SamplingParams
+from helix.sampling_params import RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "CompletionOutput", "EngineArgs", "RequestOutput", "SamplingParams", "__version__"]
+__all__ = ["LLM", "CompletionOutput", "EngineArgs", "RequestOutput", "RequestOutputKind", "SamplingParams",
+           "__version__"]

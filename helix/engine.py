@@ -68,7 +68,13 @@ class AsyncEngine:
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
                        priority: int = 0, cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yield RequestOutputs as steps change the request (outputs of steps the consumer
-        has not read yet arrive merged, deltas included); the last one is finished."""
+        has not read yet arrive merged); the last one is finished.
+
+        `params.output_kind` picks what they hold. CUMULATIVE (the default): each
+        completion's `text`, `token_ids` and `logprobs` so far, `delta_text` and
+        `delta_token_ids` new since the previous output. DELTA: only what is new since
+        the previous output (text, token ids, logprobs), with `num_generated_tokens`
+        and finish reasons as they stand; no step copies what earlier steps generated."""
         self._raise_if_dead()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:

@@ -2,8 +2,8 @@
 
 A consumer that falls behind (a busy event loop serving many streams) does
 not get a backlog of per-step outputs: outputs waiting to be read merge into
-one, the latest snapshot carrying every delta since the last read. So a
-saturated server does its per-output work (chunk encoding, metrics, SSE
+one (`merge_outputs`), the latest carrying everything new since the last read.
+So a saturated server does its per-output work (chunk encoding, metrics, SSE
 writes) once per read instead of once per step, and a slow stream holds one
 output, not one per step.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from helix.outputs import RequestOutput
+from helix.outputs import RequestOutput, merge_outputs
 
 
 class OutputStream:
@@ -22,10 +22,8 @@ class OutputStream:
         self._ready = asyncio.Event()
 
     def put(self, output: RequestOutput) -> None:
-        """Add a step's output (a snapshot the stream may change)."""
-        if self._pending is not None:
-            _prepend_deltas(self._pending, output)
-        self._pending = output
+        """Add a step's output (the stream's own: it may change it)."""
+        self._pending = output if self._pending is None else merge_outputs(self._pending, output)
         self._ready.set()
 
     def fail(self, error: BaseException) -> None:
@@ -33,7 +31,7 @@ class OutputStream:
         self._ready.set()
 
     async def get(self) -> RequestOutput:
-        """The next output, with every delta since the last one; raises the stream's error."""
+        """The next output, with everything new since the last one; raises the stream's error."""
         await self._ready.wait()
         self._ready.clear()
         if self._error is not None:
@@ -41,10 +39,3 @@ class OutputStream:
         output, self._pending = self._pending, None
         assert output is not None, "the event is set only with an output or an error"
         return output
-
-
-def _prepend_deltas(older: RequestOutput, newer: RequestOutput) -> None:
-    """Make `newer`'s deltas cover `older`'s too (cumulative fields are already newer's)."""
-    for old, new in zip(older.outputs, newer.outputs):
-        new.delta_text = old.delta_text + new.delta_text
-        new.delta_token_ids[:0] = old.delta_token_ids

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
 MAX_TOP_K = 1 << 31
 _GREEDY_BELOW = 1e-5
+
+
+class RequestOutputKind(enum.Enum):
+    """What the outputs of a streamed request (AsyncEngine.generate) hold; see CompletionOutput."""
+
+    CUMULATIVE = "cumulative"  # everything generated so far
+    DELTA = "delta"            # only what is new since the previous output
 
 
 @dataclass(frozen=True)
@@ -18,7 +26,8 @@ class SamplingParams:
     repetition_penalty applies to prompt and output tokens, presence and
     frequency penalties to output tokens only. `logprobs` asks for the top-N
     log-probabilities of each generated token, `prompt_logprobs` for each
-    prompt token (needed by `echo`).
+    prompt token (needed by `echo`). `output_kind` picks what AsyncEngine's
+    outputs hold; LLM.generate always returns whole (cumulative) outputs.
     """
 
     n: int = 1
@@ -40,6 +49,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -84,6 +94,8 @@ class SamplingParams:
             value = getattr(self, name)
             _check(value is None or 0 <= value <= MAX_LOGPROBS, name,
                    f"must be between 0 and {MAX_LOGPROBS}, got {value}")
+        _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
+               f"must be a RequestOutputKind, got {self.output_kind!r}")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Token ids in logit_bias and stop_token_ids must exist in the vocabulary."""

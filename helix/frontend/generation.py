@@ -1,5 +1,8 @@
 """Running the engine requests of one HTTP request: one per prompt, merged.
 
+The engine requests have DELTA outputs (see `sampling.py`): each carries only
+what is new, so no step copies a request's whole output for the server.
+
 Disconnect invariant: every engine stream is consumed by a pump task; closing
 (or cancelling) `merged_outputs` cancels the pumps, which closes each engine
 generator, whose `finally` aborts the request and frees its blocks.
@@ -19,7 +22,7 @@ from helix.frontend.metrics import RequestTracker
 from helix.frontend.protocol import ChatMessage
 from helix.frontend.sampling import EnginePrompt
 from helix.frontend.state import ServerState
-from helix.outputs import RequestOutput
+from helix.outputs import RequestOutput, merge_outputs
 from helix.sampling_params import SamplingParams
 
 
@@ -106,20 +109,21 @@ async def _pump(state: ServerState, generation: Generation, index: int,
 
 
 async def final_outputs(state: ServerState, generation: Generation) -> list[RequestOutput]:
-    """The finished output of every prompt, in prompt order; engine errors become API errors."""
-    finals: list[RequestOutput | None] = [None] * len(generation.prompts)
+    """The whole finished output of every prompt (its outputs merged), in prompt order;
+    engine errors become API errors."""
+    wholes: list[RequestOutput | None] = [None] * len(generation.prompts)
     try:
         async with aclosing(merged_outputs(state, generation)) as outputs:
             async for index, output in outputs:
-                if output.finished:
-                    finals[index] = output
+                whole = wholes[index]
+                wholes[index] = output if whole is None else merge_outputs(whole, output)
     except Exception as error:
         api_error = engine_error(error)
         if api_error is None:
             raise
         raise api_error from error
-    assert all(f is not None for f in finals), "every engine stream ends with a finished output"
-    return finals  # type: ignore[return-value]
+    assert all(w is not None and w.finished for w in wholes), "every engine stream ends with a finished output"
+    return wholes  # type: ignore[return-value]
 
 
 async def tokenize_chat(state: ServerState, messages: list[ChatMessage],

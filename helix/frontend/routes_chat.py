@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -26,7 +27,8 @@ from helix.frontend.routing import Endpoint, json_response, read_body
 from helix.frontend.sampling import chat_params
 from helix.frontend.state import ServerState, state_of
 from helix.frontend.streaming import stream_generation
-from helix.outputs import CompletionOutput, RequestOutput
+from helix.outputs import RequestOutput
+from helix.scheduler.request import TokenLogprobs
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -54,18 +56,18 @@ class _View:
     generation: Generation
     created: int
 
-    def logprobs(self, completion: CompletionOutput, first_token: int) -> ChatLogprobs | None:
+    def logprobs(self, entries: Sequence[TokenLogprobs]) -> ChatLogprobs | None:
         if not self.body.logprobs:
             return None
-        return chat_logprobs(self.state.token_text, (completion.logprobs or [])[first_token:])
+        return chat_logprobs(self.state.token_text, entries)
 
     def usage(self, completion_tokens: int) -> Usage:
         prompt_tokens = self.generation.num_prompt_tokens
         return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
 
     def response(self, output: RequestOutput) -> ChatCompletionResponse:
-        choices = [ChatChoice(c.index, AssistantMessage(content=c.text), self.logprobs(c, 0), c.finish_reason)
-                   for c in output.outputs]
+        choices = [ChatChoice(c.index, AssistantMessage(content=c.text), self.logprobs(c.logprobs or []),
+                              c.finish_reason) for c in output.outputs]
         return ChatCompletionResponse(id=self.generation.request_id, created=self.created,
                                       model=self.state.config.served_model_name, choices=choices,
                                       usage=self.usage(sum(len(c.token_ids) for c in output.outputs)))
@@ -82,6 +84,7 @@ class _Chunks:
         self.view = view
         self.tokens_sent = [0] * view.generation.params.n
         self.finish_sent = [False] * view.generation.params.n
+        self.unsent_logprobs: list[list[TokenLogprobs]] = [[] for _ in range(view.generation.params.n)]
 
     def opening(self) -> list[msgspec.Struct]:
         return [self.view.chunk([ChatStreamChoice(i, ChatDelta(role="assistant", content=""))])
@@ -91,13 +94,16 @@ class _Chunks:
         chunks: list[msgspec.Struct] = []
         for completion in output.outputs:
             i = completion.index
+            if completion.logprobs:
+                self.unsent_logprobs[i] += completion.logprobs
             # Tokens without text yet (a partial character, a held-back stop-string prefix)
             # wait for the next chunk; their logprobs travel with it.
-            if not (completion.delta_text or (completion.finished and not self.finish_sent[i])):
+            if not (completion.text or (completion.finished and not self.finish_sent[i])):
                 continue
-            delta = ChatDelta(content=completion.delta_text or None)
-            logprobs = self.view.logprobs(completion, self.tokens_sent[i])
-            self.tokens_sent[i] = len(completion.token_ids)
+            delta = ChatDelta(content=completion.text or None)
+            logprobs = self.view.logprobs(self.unsent_logprobs[i])
+            self.unsent_logprobs[i] = []
+            self.tokens_sent[i] = completion.num_generated_tokens
             self.finish_sent[i] = completion.finished
             chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, completion.finish_reason)]))
         return chunks

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 from aiohttp import web
@@ -24,6 +25,7 @@ from helix.frontend.sampling import completion_params, completion_prompts
 from helix.frontend.state import ServerState, state_of
 from helix.frontend.streaming import stream_generation
 from helix.outputs import CompletionOutput, RequestOutput
+from helix.scheduler.request import TokenLogprobs
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
@@ -64,20 +66,20 @@ class _View:
             return prompt.text
         return self.state.tokenizer.decode(prompt.token_ids) if self.state.tokenizer is not None else ""
 
-    def logprobs(self, prompt: PreparedPrompt, output: RequestOutput, completion: CompletionOutput,
-                 first_token: int, echo: str, offset: int) -> CompletionLogprobs | None:
-        """Logprobs of completion tokens from `first_token` on (the first at text offset
-        `offset`), led by the prompt's when `echo` is the prompt text."""
+    def logprobs(self, prompt: PreparedPrompt, prompt_logprobs: list[TokenLogprobs | None] | None,
+                 token_ids: Sequence[int], entries: Sequence[TokenLogprobs], echo: str,
+                 offset: int) -> CompletionLogprobs | None:
+        """Logprobs of completion tokens `token_ids` (the first at text offset `offset`),
+        led by the prompt's when `echo` is the prompt text."""
         if self.body.logprobs is None:
             return None
         text_of = self.state.token_text
         result = CompletionLogprobs([], [], [], [])
         if echo:
-            entries = list(output.prompt_logprobs or [])
-            entries += [None] * (len(prompt.token_ids) - len(entries))
-            result, _ = completion_logprobs(text_of, prompt.token_ids, entries)
-        generated, _ = completion_logprobs(text_of, completion.token_ids[first_token:],
-                                           (completion.logprobs or [])[first_token:], offset)
+            padded = list(prompt_logprobs or [])
+            padded += [None] * (len(prompt.token_ids) - len(padded))
+            result, _ = completion_logprobs(text_of, prompt.token_ids, padded)
+        generated, _ = completion_logprobs(text_of, token_ids, entries, offset)
         for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             getattr(result, name).extend(getattr(generated, name))
         return result
@@ -87,10 +89,10 @@ class _View:
         for prompt_index, (prompt, output) in enumerate(zip(self.generation.prompts, outputs)):
             echo = self.echo(prompt)
             for completion in output.outputs:
+                logprobs = self.logprobs(prompt, output.prompt_logprobs, completion.token_ids,
+                                         completion.logprobs or [], echo, len(echo))
                 choices.append(CompletionChoice(self.choice_index(prompt_index, completion.index),
-                                                echo + completion.text,
-                                                self.logprobs(prompt, output, completion, 0, echo, len(echo)),
-                                                completion.finish_reason))
+                                                echo + completion.text, logprobs, completion.finish_reason))
         generated = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         return self.chunk(choices, self.usage(generated))
 
@@ -109,6 +111,21 @@ class _ChoiceProgress:
     text_sent: int = 0  # characters, echo included
     finish_sent: bool = False
     echoed: bool = False
+    unsent_token_ids: list[int] = field(default_factory=list)  # with logprobs: generated since the last chunk
+    unsent_logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+    def hold(self, completion: CompletionOutput) -> None:
+        """Keep the new tokens and their logprobs (when asked for) until a chunk carries them."""
+        if completion.logprobs is not None:
+            self.unsent_token_ids += completion.token_ids
+            self.unsent_logprobs += completion.logprobs
+
+    def sent(self, text: str, completion: CompletionOutput) -> None:
+        self.tokens_sent = completion.num_generated_tokens
+        self.text_sent += len(text)
+        self.finish_sent = completion.finished
+        self.echoed = True
+        self.unsent_token_ids, self.unsent_logprobs = [], []
 
 
 class _Chunks:
@@ -123,26 +140,32 @@ class _Chunks:
 
     def on_output(self, prompt_index: int, output: RequestOutput) -> list[msgspec.Struct]:
         chunks: list[msgspec.Struct] = []
-        prompt = self.view.generation.prompts[prompt_index]
         for completion in output.outputs:
-            index = self.view.choice_index(prompt_index, completion.index)
-            progress = self.progress.setdefault(index, _ChoiceProgress())
-            # Tokens without text yet (a partial character, a held-back stop-string prefix)
-            # wait for the next chunk; their logprobs travel with it. A model without a
-            # tokenizer has no text at all: each step's tokens get an empty-text chunk.
-            new_tokens = self.view.state.tokenizer is None and bool(completion.delta_token_ids)
-            if not (completion.delta_text or new_tokens or (completion.finished and not progress.finish_sent)):
-                continue
-            echo = "" if progress.echoed else self.view.echo(prompt)
-            logprobs = self.view.logprobs(prompt, output, completion, progress.tokens_sent, echo,
-                                          progress.text_sent + len(echo))
-            text = echo + completion.delta_text
-            progress.tokens_sent = len(completion.token_ids)
-            progress.text_sent += len(text)
-            progress.finish_sent = completion.finished
-            progress.echoed = True
-            chunks.append(self.view.chunk([CompletionChoice(index, text, logprobs, completion.finish_reason)]))
+            choice = self._choice(prompt_index, output, completion)
+            if choice is not None:
+                chunks.append(self.view.chunk([choice]))
         return chunks
+
+    def _choice(self, prompt_index: int, output: RequestOutput,
+                completion: CompletionOutput) -> CompletionChoice | None:
+        index = self.view.choice_index(prompt_index, completion.index)
+        progress = self.progress.get(index)
+        if progress is None:
+            progress = self.progress[index] = _ChoiceProgress()
+        progress.hold(completion)
+        # Tokens without text yet (a partial character, a held-back stop-string prefix)
+        # wait for the next chunk; their logprobs travel with it. A model without a
+        # tokenizer has no text at all: each step's tokens get an empty-text chunk.
+        new_tokens = self.view.state.tokenizer is None and bool(completion.token_ids)
+        if not (completion.text or new_tokens or (completion.finished and not progress.finish_sent)):
+            return None
+        prompt = self.view.generation.prompts[prompt_index]
+        echo = "" if progress.echoed else self.view.echo(prompt)
+        logprobs = self.view.logprobs(prompt, output.prompt_logprobs, progress.unsent_token_ids,
+                                      progress.unsent_logprobs, echo, progress.text_sent + len(echo))
+        text = echo + completion.text
+        progress.sent(text, completion)
+        return CompletionChoice(index, text, logprobs, completion.finish_reason)
 
     def closing(self) -> list[msgspec.Struct]:
         options = self.view.body.stream_options

@@ -7,7 +7,7 @@ a 400; SamplingParams adds its own checks the same way.
 from __future__ import annotations
 
 from helix.frontend.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest, Prompt, SamplingFields
-from helix.sampling_params import SamplingParams
+from helix.sampling_params import RequestOutputKind, SamplingParams
 
 EnginePrompt = str | list[int]
 
@@ -57,7 +57,8 @@ def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
         logit_bias=_logit_bias(body.logit_bias), seed=body.seed, stop=stop,
         stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos,
         include_stop_str_in_output=body.include_stop_str_in_output, logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens)
+        prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
+        output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
