@@ -311,6 +311,8 @@ class EngineCore:
             "acceptance_rate": counters.acceptance_rate,
             "mean_accepted_length": counters.mean_accepted_length,
             "draft_cost_ratio": self.scheduler.speculation.cost_ratio if self.scheduler.speculation else 0.0,
+            "draft_first_pass_cost_ratio": (self.scheduler.speculation.first_pass_ratio
+                                            if self.scheduler.speculation else 0.0),
             "spec_synthetic_acceptance": self.args.spec_synthetic_acceptance or 0.0,
             **per_position,
         }

@@ -45,8 +45,13 @@ class SchedulerOutput:
 
 @dataclass(frozen=True)
 class StepTimings:
-    draft_seconds: float = 0.0
-    draft_passes: int = 0
+    """Device seconds of a speculative step's phases. The first draft pass (catch-up,
+    one per step whatever K) and the later ones (one per further draft) are timed
+    apart: their costs scale differently with K."""
+
+    first_draft_seconds: float = 0.0
+    later_draft_seconds: float = 0.0
+    draft_passes: int = 0  # 0: nothing was drafted (no pass, or only prompt mirroring)
     target_seconds: float = 0.0
 
 

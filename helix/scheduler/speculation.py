@@ -2,10 +2,13 @@
 
 With per-token acceptance rate a, proposing K drafts yields on average
 E(K) = (1 - a^(K+1)) / (1 - a) tokens per step, at a cost of one target pass
-plus K draft passes: 1 + K * r target-pass units, where r is the measured
-draft/target pass-time ratio. Each request takes the K in [0, K_max] that
-maximises E(K) / (1 + K r); K = 0 (plain decoding) wins whenever speculation
-would cost more than it returns.
+plus K draft passes. The first pass (catch-up over the tokens since the last
+draft, one per speculating step) costs more than each later one (a single
+token each, run as one graph where it can), so in target-pass units a step
+costs C(K) = 1 + r1 + (K - 1) r for K >= 1, with r1 and r the measured
+first-pass and later-pass time ratios to the target pass. Each request takes
+the K in [0, K_max] that maximises E(K) / C(K); K = 0 (plain decoding, C = 1)
+wins whenever speculation would cost more than it returns.
 
 Load: once the batch's verify tokens exceed `token_budget`, the target pass is
 compute-bound and every extra token costs time, while a K-th draft token is
@@ -29,8 +32,9 @@ _COST_SMOOTHING = 0.2
 # pass already rules speculation out, and a one-off outlier (a kernel compiling on
 # first use) must not keep it ruled out.
 _MAX_COST_RATIO = 1.0
-# When K = 0 looks best, one such decision in this many speculates K = 1 anyway,
-# so acceptance and cost keep being measured and a wrong estimate can recover.
+# When a K below the limit looks best, one such decision in this many speculates
+# one draft more, so acceptance and the cost of that pass keep being measured and
+# a wrong estimate can recover (from K = 0, the first pass; from K = 1, the later ones).
 _PROBE_EVERY = 16
 
 
@@ -40,7 +44,7 @@ class SpeculationConfig:
     num_speculative_tokens: int = 4    # K_max
     mode: str = "adaptive"             # "adaptive" | "fixed"
     token_budget: int = 256            # verify tokens per step before the target pass is compute-bound
-    initial_cost_ratio: float = 0.1    # draft/target pass time until measured
+    initial_cost_ratio: float = 0.1    # draft/target pass time (each pass) until measured
 
     def __post_init__(self) -> None:
         if self.method not in (None, "draft", "ngram"):
@@ -65,8 +69,9 @@ def expected_tokens(acceptance: float, k: int) -> float:
 class SpeculationPolicy:
     def __init__(self, config: SpeculationConfig):
         self.config = config
-        self.cost_ratio = config.initial_cost_ratio
-        self._zero_choices = 0
+        self.first_pass_ratio = config.initial_cost_ratio  # r1: the first draft pass / the target pass
+        self.cost_ratio = config.initial_cost_ratio        # r: each later draft pass / the target pass
+        self._short_choices = 0  # decisions below the limit, for probing
 
     def acceptance_rate(self, request: Request) -> float:
         return (request.spec_accepted_ema + _PRIOR_ACCEPTED) / (request.spec_trials_ema + _PRIOR_TRIALS)
@@ -78,13 +83,17 @@ class SpeculationPolicy:
         if self.config.mode == "fixed":
             return k_max
         a = self.acceptance_rate(request)
-        rates = [expected_tokens(a, k) / (1.0 + k * self.cost_ratio) for k in range(k_max + 1)]
+        rates = [expected_tokens(a, k) / self.step_cost(k) for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
-        if best == 0:
-            self._zero_choices += 1
-            if self._zero_choices % _PROBE_EVERY == 0:
-                return 1
+        if best < k_max:
+            self._short_choices += 1
+            if self._short_choices % _PROBE_EVERY == 0:
+                return best + 1
         return best
+
+    def step_cost(self, k: int) -> float:
+        """C(K) in target-pass units."""
+        return 1.0 if k == 0 else 1.0 + self.first_pass_ratio + (k - 1) * self.cost_ratio
 
     def fit_to_budget(self, choices: dict[Request, int], other_tokens: int) -> dict[Request, int]:
         """Drop the least valuable draft tokens until the step fits the token budget."""
@@ -111,10 +120,17 @@ class SpeculationPolicy:
         request.spec_trials_ema = _DECAY * request.spec_trials_ema + trials
 
     def observe_cost(self, timings: StepTimings) -> None:
-        """Track r = (seconds per draft pass) / (seconds per target pass)."""
-        if timings.draft_passes > 0 and timings.target_seconds > 0:
-            ratio = min(timings.draft_seconds / timings.draft_passes / timings.target_seconds, _MAX_COST_RATIO)
-            self.cost_ratio += _COST_SMOOTHING * (ratio - self.cost_ratio)
+        """Track r1 and r, the first and each later draft pass's time over the target pass's."""
+        if timings.draft_passes <= 0 or timings.target_seconds <= 0:
+            return
+        self.first_pass_ratio = _smoothed(self.first_pass_ratio, timings.first_draft_seconds / timings.target_seconds)
+        if timings.draft_passes > 1:
+            later = timings.later_draft_seconds / (timings.draft_passes - 1) / timings.target_seconds
+            self.cost_ratio = _smoothed(self.cost_ratio, later)
+
+
+def _smoothed(estimate: float, observed: float) -> float:
+    return estimate + _COST_SMOOTHING * (min(observed, _MAX_COST_RATIO) - estimate)
 
 
 @dataclass

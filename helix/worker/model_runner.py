@@ -109,7 +109,11 @@ class ModelRunner:
         if not step.scheduled:
             return lambda: output
         clock = StepClock(self.device)
-        proposals = self.proposer.propose(step.scheduled, self._row_for) if self.proposer else Proposals()
+        if self.proposer is not None:
+            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)
+        else:
+            proposals = Proposals()
+            clock.mark()
         clock.mark()
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
@@ -125,10 +129,11 @@ class ModelRunner:
             proposals.read_drafts()
             self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
-            draft_seconds, target_seconds = clock.phases()
+            first_draft_seconds, later_draft_seconds, target_seconds = clock.phases()
             # Draft passes that only mirrored prompt chunks are not what a draft token costs.
             draft_passes = proposals.num_passes if proposals.by_request else 0
-            return _with_timings(output, StepTimings(draft_seconds, draft_passes, target_seconds))
+            return _with_timings(output, StepTimings(first_draft_seconds, later_draft_seconds, draft_passes,
+                                                     target_seconds))
 
         return finish
 

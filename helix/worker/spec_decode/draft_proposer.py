@@ -26,6 +26,7 @@ from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
 from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
 from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
+from helix.worker.step_clock import StepClock
 from helix.worker.token_feed import TokenFeed
 
 
@@ -53,7 +54,7 @@ class DraftModelProposer:
         self.cache.swap(pairs, to_cpu)
 
     @torch.inference_mode()
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
         """Queue the draft passes; each pass's tokens are fed to the next on the
         device. Only requests whose sampler reads the drafts so far (penalties,
         min_tokens) make a pass wait for its tokens on the host."""
@@ -61,11 +62,13 @@ class DraftModelProposer:
         speculating = [item for item in scheduled if item.num_spec_tokens > 0]
         mirrored = [item for item in scheduled if self._mirrors(item)]
         if not speculating and not mirrored:
+            clock.mark()
             return proposals
         history: dict[str, list[int]] = {item.request.request_id: [] for item in speculating
                                          if item.request.sampler_reads_output}
         q_rows: dict[str, list[torch.Tensor]] = {item.request.request_id: [] for item in speculating}
         first = self._pass_a(speculating, mirrored, row_for, history, q_rows, proposals)
+        clock.mark()
         if first is None:
             return proposals
         proposals.on_device.append(first)

@@ -7,6 +7,7 @@ from typing import Sequence
 from helix.scheduler.outputs import ScheduledRequest
 from helix.worker.spec_decode.ngram import propose_ngram
 from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
+from helix.worker.step_clock import StepClock
 
 
 class NgramProposer:
@@ -14,7 +15,8 @@ class NgramProposer:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
+        clock.mark()  # no draft passes
         proposals = Proposals()
         for item in scheduled:
             if item.num_spec_tokens:

@@ -10,6 +10,7 @@ import torch
 from helix.scheduler.outputs import ScheduledRequest
 from helix.scheduler.request import Request
 from helix.worker.device import HostCopy
+from helix.worker.step_clock import StepClock
 from helix.worker.sampler import SamplingRow
 
 # Sampling settings of a request at the position after `extra_tokens` (drafts so far).
@@ -54,6 +55,8 @@ class Proposals:
 
 
 class Proposer(Protocol):
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals: ...
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
+        """Draft for the speculating requests; `clock.mark()` once, after the first draft pass."""
+        ...
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None: ...
