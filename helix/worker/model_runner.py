@@ -96,9 +96,9 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, step: SchedulerOutput) -> Callable[[], ModelOutput]:
         """Queue the step's GPU work and return a function that waits for it and
-        returns its output. For plain decode and prefill nothing between the two
-        waits on the GPU, so the caller's host work overlaps the step; drafting
-        synchronises per draft pass. The next step may be launched before the
+        returns its output. Nothing between the two waits on the GPU (drafting
+        does only for samplers that read the drafts so far), so the caller's host
+        work overlaps the step. The next step may be launched before the
         function is called (scheduled ahead; its in-flight tokens are fed from
         this step's choices on the device): everything the function reads is
         computed here, not read later from a graph's reused output."""
@@ -108,9 +108,9 @@ class ModelRunner:
         output = ModelOutput(sampled={})
         if not step.scheduled:
             return lambda: output
-        clock = StepClock(self.device)
+        clock = StepClock(self.device)  # phases: first draft pass, later draft passes, target pass
         if self.proposer is not None:
-            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)
+            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)  # marks after its first pass
         else:
             proposals = Proposals()
             clock.mark()
