@@ -1,10 +1,14 @@
 """AsyncEngine: per-request async streams over one EngineCore.
 
-The step loop is an asyncio task; each step runs on a single worker thread so
-the event loop (and the HTTP server on it) keeps answering while the model
-runs. Tokenization runs on a separate small pool. A request's stream ends when
-it finishes, errors or is aborted; a consumer that stops iterating (a client
-that disconnected) aborts its request, which frees its blocks.
+Steps run back to back on one step thread, which owns the EngineCore, so the
+event loop (and the HTTP server on it) keeps answering while the model runs,
+and the next step does not wait for the loop to hand out the last one's
+outputs. Each step's outputs reach the loop in one thread-safe call; a stream
+whose consumer has not read its last output yet merges the new one into it,
+so a busy loop writes several steps' tokens at once instead of falling
+behind. Tokenization runs on a separate small pool. A request's stream ends
+when it finishes, errors or is aborted; a consumer that stops iterating (a
+client that disconnected) aborts its request, which frees its blocks.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from helix.engine_args import EngineArgs
@@ -47,8 +52,9 @@ class AsyncEngine:
             raise
         self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="helix-tokenize")
         self._streams: dict[str, OutputStream] = {}
-        self._has_work = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._has_work = threading.Event()  # set when requests are added or aborted
+        self._stopping = threading.Event()
+        self._steps: Future[None] | None = None  # the step loop, running on the step thread
         self._ids = itertools.count()
         self.dead_error: BaseException | None = None
         self.died = asyncio.Event()  # set once the step loop has failed
@@ -107,40 +113,38 @@ class AsyncEngine:
         return self.core.stats()
 
     async def shutdown(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+        self._stopping.set()
+        self._has_work.set()
         self._step_thread.shutdown(wait=True)
         self._tokenize_pool.shutdown(wait=True)
 
     # -- the step loop ------------------------------------------------------------
     def _wake(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            if self.dead_error is None:
-                self._loop_task = asyncio.get_running_loop().create_task(self._run_steps())
+        if self._steps is None and self.dead_error is None:
+            self._steps = self._step_thread.submit(self._run_steps, asyncio.get_running_loop())
         self._has_work.set()
 
-    async def _run_steps(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _run_steps(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Step while there is work, handing each step's outputs to the loop (step thread)."""
+        while not self._stopping.is_set():
             if not self.core.has_unfinished():
+                self._has_work.wait()
                 self._has_work.clear()
-                await self._has_work.wait()
                 continue
             try:
-                outputs = await loop.run_in_executor(self._step_thread, self.core.step)
+                outputs = self.core.step()
             except Exception as error:  # the engine cannot continue: fail every stream
                 logger.exception("engine step failed")
-                self._die(error)
+                loop.call_soon_threadsafe(self._die, error)
                 return
-            for output in outputs:
-                stream = self._streams.get(output.request_id)
-                if stream is not None:
-                    stream.put(output)
-            await asyncio.sleep(0)  # let consumers run between steps
+            if outputs:
+                loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put(output)
 
     def _die(self, error: BaseException) -> None:
         self.dead_error = error

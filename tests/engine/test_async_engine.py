@@ -4,6 +4,7 @@ event loop free while steps run."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,21 @@ async def test_event_loop_answers_while_steps_run(engine: AsyncEngine) -> None:
     await collect(engine, [4, 5, 6], SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True))
     task.cancel()
     assert ticks > 10
+
+
+async def test_steps_go_on_while_the_event_loop_is_busy(engine: AsyncEngine) -> None:
+    """Steps do not wait for the loop to hand out their outputs: while the loop is
+    blocked, the request keeps generating, and the next read gets every token
+    made meanwhile in one merged output."""
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outputs = []
+    async for output in engine.generate([7, 8, 9], params):
+        outputs.append(output)
+        if len(outputs) == 1:
+            time.sleep(1.0)  # blocks the event loop, not the step thread
+    assert len(outputs) <= 3
+    assert len(outputs[1].outputs[0].delta_token_ids) >= 20
+    assert len(outputs[-1].outputs[0].token_ids) == 40
 
 
 async def test_abort_ends_stream_with_abort_reason(engine: AsyncEngine) -> None:
