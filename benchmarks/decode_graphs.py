@@ -4,8 +4,9 @@ graphs scheduled after results, and enforce_eager; same run, same card.
 Dummy TinyLlama-1.1B shape (bf16), prompt 128 tokens, 64 greedy new tokens
 (ignore_eos), batch 1 and 32, as in eager_baseline.py. Reports output tok/s of
 the whole generate call (prefill included, comparable with eager_baseline.py)
-and the decode time per step, from the difference between a 64-token and a
-1-token generate of the same prompts.
+and the time per engine step once every request is decoding (no prefill
+inside the timed steps: at large batches a generate-time difference would
+mostly measure the prefill's variance).
 
     PYTHONPATH=. python3 benchmarks/decode_graphs.py [--batches 1 32] [--repeats 3] [--modes ahead graphs eager]
 """
@@ -40,6 +41,30 @@ def _timed(llm: LLM, prompts: list[list[int]], max_tokens: int, repeats: int) ->
         llm.generate(prompts, params, use_tqdm=False)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _decode_step_ms(llm: LLM, prompts: list[list[int]], max_tokens: int, repeats: int) -> float:
+    """Median ms per engine step over the middle of decoding: every request has
+    left prefill (two output tokens each) and none has finished."""
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    times = []
+    for repeat in range(repeats):
+        for index, prompt in enumerate(prompts):
+            engine.add_request(f"decode-{repeat}-{index}", prompt, params)
+        engine.step()  # admits them
+        while not all(len(r.output_token_ids) >= 2 for r in engine.scheduler.requests.values()):
+            engine.step()
+        steps = max(1, (max_tokens - 4) // 2)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) / steps * 1e3)
+        while engine.has_unfinished():
+            engine.step()
     return statistics.median(times)
 
 
@@ -79,8 +104,7 @@ def main() -> None:
             llm = LLM(args.model, load_format="dummy", num_kv_blocks=4096, max_model_len=2048, **_MODES[mode])
             build_s = time.perf_counter() - started
             full = _timed(llm, prompts, args.new_tokens, args.repeats)
-            first = _timed(llm, prompts, 1, args.repeats)
-            step_ms = (full - first) / (args.new_tokens - 1) * 1e3
+            step_ms = _decode_step_ms(llm, prompts, args.new_tokens, args.repeats)
             graphs = llm.engine.runner.graphs
             replay = f"{_replay_ms(llm, batch):.2f}" if graphs else "-"
             rows.append((batch, mode, batch * args.new_tokens / full, step_ms, replay, build_s))
