@@ -85,7 +85,9 @@ class ServerMetrics:
         self.registry.register(EngineCollector(stats, in_flight))
         self.ttft = Histogram("helix:time_to_first_token_seconds", "Time from request arrival to first token.",
                               buckets=_TTFT_BUCKETS, registry=self.registry)
-        self.itl = Histogram("helix:inter_token_latency_seconds", "Time between successive output steps.",
+        self.itl = Histogram("helix:inter_token_latency_seconds",
+                             "Time between successive output tokens as streamed (an output carrying k new tokens "
+                             "counts as k gaps sharing its interval).",
                              buckets=_ITL_BUCKETS, registry=self.registry)
         self.e2e = Histogram("helix:e2e_request_latency_seconds", "Time from request arrival to its end.",
                              buckets=_E2E_BUCKETS, registry=self.registry)
@@ -111,11 +113,16 @@ class RequestTracker:
 
     def observe(self, output: RequestOutput) -> None:
         now = time.monotonic()
-        if any(c.delta_token_ids for c in output.outputs):
+        # Outputs a busy server did not stream at once arrive merged: count per token, not per output.
+        new_tokens = max((len(c.delta_token_ids) for c in output.outputs), default=0)
+        if new_tokens:
             if self._last_token is None:
                 self._metrics.ttft.observe(now - self._start)
+                gaps, gap = new_tokens - 1, 0.0  # the rest of the first output came with its first token
             else:
-                self._metrics.itl.observe(now - self._last_token)
+                gaps, gap = new_tokens, (now - self._last_token) / new_tokens
+            for _ in range(gaps):
+                self._metrics.itl.observe(gap)
             self._last_token = now
         for completion in output.outputs:
             if completion.finish_reason is not None and completion.index not in self._counted:
