@@ -108,19 +108,22 @@ class ModelRunner:
         output = ModelOutput(sampled={})
         if not step.scheduled:
             return lambda: output
-        clock = StepClock(self.device)  # phases: first draft pass, later draft passes, target pass
-        if self.proposer is not None:
-            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)  # marks after its first pass
-        else:
+        # Phases (first draft pass, later draft passes, target pass) are timed only for
+        # adaptive speculation: without a proposer nothing reads them.
+        clock: StepClock | None = None
+        if self.proposer is None:
             proposals = Proposals()
+        else:
+            clock = StepClock(self.device)
+            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)  # marks after its first pass
             clock.mark()
-        clock.mark()
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)
         verify = self._start_verify(step.scheduled, hidden, rows, proposals)
         self._last_sampled = sampling
-        clock.mark()
+        if clock is not None:
+            clock.mark()
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
@@ -129,11 +132,7 @@ class ModelRunner:
             proposals.read_drafts()
             self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
-            first_draft_seconds, later_draft_seconds, target_seconds = clock.phases()
-            # Draft passes that only mirrored prompt chunks are not what a draft token costs.
-            draft_passes = proposals.num_passes if proposals.by_request else 0
-            return _with_timings(output, StepTimings(first_draft_seconds, later_draft_seconds, draft_passes,
-                                                     target_seconds))
+            return output if clock is None else _with_timings(output, _timings(clock, proposals))
 
         return finish
 
@@ -141,11 +140,9 @@ class ModelRunner:
         spans, token_ids = [], []
         fed_spans, fed_rows = [], []
         num_device_drafts = Counter(request_id for rows in proposals.on_device for request_id in rows.request_ids)
-        span_of: dict[str, int] = {}
         for index, item in enumerate(scheduled):
             request = item.request
             request_id = request.request_id
-            span_of[request_id] = index
             if item.num_spec_tokens:
                 proposal = proposals.by_request.get(request_id)
                 # Drafts chosen on the device are fed in below; placeholders hold their rows.
@@ -160,9 +157,7 @@ class ModelRunner:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
-        feeds = [TokenFeed(tuple(span_of[request_id] for request_id in rows.request_ids), rows.token_ids,
-                           tuple(range(len(rows.request_ids))), offset=1 + depth)
-                 for depth, rows in enumerate(proposals.on_device)]
+        feeds = self._draft_feeds(scheduled, proposals)
         if fed_spans and self._last_sampled is not None:  # _previous_choice checked it
             feeds.append(TokenFeed(tuple(fed_spans), self._last_sampled.tokens.token_ids, tuple(fed_rows)))
         counts = tuple(span.num_new for span in spans)
@@ -177,6 +172,16 @@ class ModelRunner:
             feed.apply(input_ids, meta.query_start_loc_host)
         hidden = self.model(input_ids, self.kv_cache, meta)  # [num_tokens, hidden]
         return hidden, SpanRows(meta.query_start_loc_host[:-1], counts)
+
+    @staticmethod
+    def _draft_feeds(scheduled: list[ScheduledRequest], proposals: Proposals) -> list[TokenFeed]:
+        """Drafts still on the device, into their verify spans: depth d at offset 1 + d."""
+        if not proposals.on_device:
+            return []
+        span_of = {item.request.request_id: index for index, item in enumerate(scheduled)}
+        return [TokenFeed(tuple(span_of[request_id] for request_id in rows.request_ids), rows.token_ids,
+                          tuple(range(len(rows.request_ids))), offset=1 + depth)
+                for depth, rows in enumerate(proposals.on_device)]
 
     def _previous_choice(self, request_id: str) -> int:
         """Where the last launched step's choice for this request sits in its chosen ids."""
@@ -325,6 +330,13 @@ def _emitted_logprobs(logits: torch.Tensor, emitted: list[int], count: int) -> l
     logprobs = logits[:len(emitted)].log_softmax(dim=-1)
     return [TokenLogprobs(token, float(logprobs[i, token]), top_logprobs(logprobs[i], count))
             for i, token in enumerate(emitted)]
+
+
+def _timings(clock: StepClock, proposals: Proposals) -> StepTimings:
+    first_draft_seconds, later_draft_seconds, target_seconds = clock.phases()
+    # Draft passes that only mirrored prompt chunks are not what a draft token costs.
+    draft_passes = proposals.num_passes if proposals.by_request else 0
+    return StepTimings(first_draft_seconds, later_draft_seconds, draft_passes, target_seconds)
 
 
 def _with_timings(output: ModelOutput, timings: StepTimings) -> ModelOutput:
