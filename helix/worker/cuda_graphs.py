@@ -40,7 +40,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -70,6 +70,15 @@ def graph_buckets(max_num_seqs: int, query_len: int = 1) -> tuple[int, ...]:
     at most MAX_VERIFY_BUCKET for verify spans)."""
     cap = max(1, max_num_seqs) if query_len == 1 else min(max(1, max_num_seqs), MAX_VERIFY_BUCKET)
     return tuple(b for b in BUCKETS if b <= cap)
+
+
+def fill_block_tables(host_tables: Any, tables: Sequence[Sequence[int]]) -> None:
+    """Write block tables into the first rows of a host staging array (numpy
+    [rows, max blocks]), zeroing each row out to the widest table."""
+    width = max(len(table) for table in tables)
+    for row, table in enumerate(tables):
+        host_tables[row, :len(table)] = table
+        host_tables[row, len(table):width] = 0
 
 
 def capture_graphs(model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int,
@@ -286,11 +295,7 @@ class GraphRunner:
         host[2, num_tokens:padded_tokens] = -1
         self._host_seq_lens_np[:num_seqs] = seq_lens
         self._host_seq_lens_np[num_seqs:bucket] = 0
-        tables_np = self._host_tables_np
-        width = max(len(t) for t in tables)
-        for row, table in enumerate(tables):
-            tables_np[row, :len(table)] = table
-            tables_np[row, len(table):width] = 0
+        fill_block_tables(self._host_tables_np, tables)
         # Table entries past each real row's length (and padding rows' tables) are
         # never read by real rows; stale ones are still valid block ids. Tokens past
         # `padded_tokens` are unused by this graph; copying the whole (small) token

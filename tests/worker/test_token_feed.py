@@ -34,3 +34,4 @@ def test_feed_writes_each_id_where_its_span_puts_it(spans: tuple[int, ...], rows
     feed.apply(input_ids, first_rows)
     assert torch.equal(input_ids, expected)
     assert sorted(int(input_ids[first_rows[s] + offset]) for s in spans) == sorted(int(source[r]) for r in rows)
+

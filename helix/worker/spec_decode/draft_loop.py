@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from helix.worker.attention.metadata import AttentionMetadata
-from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner
+from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, fill_block_tables
 from helix.worker.models import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -135,11 +135,7 @@ class DraftLoopGraphs:
         host[1, :num_seqs] = 1
         host[2, :num_seqs] = [t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions)]
         seq_lens[:num_seqs] = [p + 1 for p in positions]
-        host_tables = self._host_tables.numpy()
-        width = max(len(t) for t in tables)
-        for row, table in enumerate(tables):
-            host_tables[row, :len(table)] = table
-            host_tables[row, len(table):width] = 0
+        fill_block_tables(self._host_tables.numpy(), tables)
         self._positions[:bucket].copy_(self._host[0, :bucket], non_blocking=True)
         self._live[:bucket].copy_(self._host[1, :bucket], non_blocking=True)
         self._slots[:bucket].copy_(self._host[2, :bucket], non_blocking=True)
