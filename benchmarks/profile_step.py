@@ -91,8 +91,9 @@ def main() -> None:
               f"{elapsed / steps * 1e3:.3f} ms per generated token position ({elapsed:.3f} s)")
         stats = llm.stats()
         if args.draft:
-            print(f"  mean accepted length {stats['mean_accepted_length']:.2f}, "
-                  f"draft/target cost ratio {stats['draft_cost_ratio']:.3f}")
+            periods = llm.engine.scheduler.speculation.step_seconds(batch)
+            print(f"  mean accepted length {stats['mean_accepted_length']:.2f}, step periods by K: "
+                  + ", ".join(f"{k}: {seconds * 1e3:.2f} ms" for k, seconds in sorted(periods.items())))
         for label, seconds in totals.most_common():
             print(f"  {label:32s} {seconds / steps * 1e3:8.3f} ms/step")
         _kernel_table(llm, prompts)

@@ -41,8 +41,7 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             best = min(times)
             steps = NEW_TOKENS / (k + 1)
-            print(f"K={k} loop={loop}: {NEW_TOKENS / best:7.1f} tok/s  {best / steps * 1e3:6.3f} ms/step  "
-                  f"cost_ratio={llm.stats()['draft_cost_ratio']:.3f}", flush=True)
+            print(f"K={k} loop={loop}: {NEW_TOKENS / best:7.1f} tok/s  {best / steps * 1e3:6.3f} ms/step", flush=True)
             del llm
             torch.cuda.empty_cache()
 

@@ -57,8 +57,7 @@ class EngineCore:
         model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
         draft = self._load_draft()
         self.speculation = SpeculationConfig(
-            method=args.method, num_speculative_tokens=args.num_speculative_tokens, mode=args.speculation_mode,
-            token_budget=args.speculation_token_budget or (256 if self.device.type == "cuda" else 64))
+            method=args.method, num_speculative_tokens=args.num_speculative_tokens, mode=args.speculation_mode)
         num_gpu_blocks, num_cpu_blocks = self._cache_sizes(draft)
         self.graphs = None if args.enforce_eager else DecodeGraphSpec(
             args.max_num_seqs, self.max_model_len,
@@ -80,6 +79,7 @@ class EngineCore:
                                  else args.async_scheduling)
         # The step launched last, whose results are not read yet.
         self._in_flight: _LaunchedStep | None = None
+        self._completed_at = 0.0  # time.perf_counter() when the last step's results were read
         # The last step's updates, turned into outputs while the next step runs.
         self._unprocessed: tuple[SchedulerOutput, list[RequestUpdate]] | None = None
         self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
@@ -176,6 +176,7 @@ class EngineCore:
             if failed is not None:
                 return outputs + failed
             previous = None
+        scheduled_at = time.perf_counter()
         scheduled = self.scheduler.schedule(in_flight=previous.scheduled if previous else None)
         try:
             finish = self.runner.launch(scheduled)
@@ -185,7 +186,7 @@ class EngineCore:
                 outputs += self._complete(previous) or []
             return outputs + self._fail_out_of_memory(scheduled, error)
         outputs += self._process(self._unprocessed)
-        self._in_flight = _LaunchedStep(scheduled, finish)
+        self._in_flight = _LaunchedStep(scheduled, finish, scheduled_at)
         if previous is not None:
             failed = self._complete(previous)
             if failed is not None:
@@ -209,8 +210,17 @@ class EngineCore:
                 _wait_discarding(self._in_flight)
                 self._in_flight = None
             return self._fail_out_of_memory(launched.scheduled, error)
+        self._observe_period(launched)
         self._unprocessed = (launched.scheduled, self.scheduler.update_from_output(launched.scheduled, model_output))
         return None
+
+    def _observe_period(self, launched: _LaunchedStep) -> None:
+        """Report the step's wall period: from its scheduling, or, scheduled ahead,
+        from the previous step's results, to its own results. This is the time
+        the step adds to a stream of steps, which its passes alone do not say."""
+        now = time.perf_counter()
+        self.scheduler.observe_step_period(launched.scheduled, now - max(launched.scheduled_at, self._completed_at))
+        self._completed_at = now
 
     def _process(self, step: tuple[SchedulerOutput, list[RequestUpdate]] | None) -> list[RequestOutput]:
         self._unprocessed = None
@@ -310,9 +320,6 @@ class EngineCore:
             "spec_accepted_tokens": counters.num_accepted_tokens,
             "acceptance_rate": counters.acceptance_rate,
             "mean_accepted_length": counters.mean_accepted_length,
-            "draft_cost_ratio": self.scheduler.speculation.cost_ratio if self.scheduler.speculation else 0.0,
-            "draft_first_pass_cost_ratio": (self.scheduler.speculation.first_pass_ratio
-                                            if self.scheduler.speculation else 0.0),
             "spec_synthetic_acceptance": self.args.spec_synthetic_acceptance or 0.0,
             **per_position,
         }
@@ -331,6 +338,7 @@ class EngineCore:
 class _LaunchedStep:
     scheduled: SchedulerOutput
     finish: Callable[[], ModelOutput]  # waits for the step's results
+    scheduled_at: float                # time.perf_counter() before it was scheduled
 
 
 def _wait_discarding(launched: _LaunchedStep) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from helix.scheduler.request import FinishReason, Request, TokenLogprobs
+from helix.scheduler.speculation import StepPlan
 
 
 @dataclass(frozen=True)
@@ -37,22 +38,11 @@ class SchedulerOutput:
     # Scheduled ahead of results, a running request could not grow and was left
     # out: the next step must wait for this one's results, so it may preempt.
     needs_preemption: bool = False
+    spec_plan: StepPlan | None = None  # the step's K for its decoding requests (None: no speculation)
 
     @property
     def num_batched_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
-
-
-@dataclass(frozen=True)
-class StepTimings:
-    """Device seconds of a speculative step's phases. The first draft pass (catch-up,
-    one per step whatever K) and the later ones (one per further draft) are timed
-    apart: their costs scale differently with K."""
-
-    first_draft_seconds: float = 0.0
-    later_draft_seconds: float = 0.0
-    draft_passes: int = 0  # 0: nothing was drafted (no pass, or only prompt mirroring)
-    target_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,6 @@ class ModelOutput:
     num_proposed: dict[str, int] = field(default_factory=dict)
     num_accepted: dict[str, int] = field(default_factory=dict)
     draft_computed: dict[str, int] = field(default_factory=dict)
-    timings: StepTimings = StepTimings()
 
 
 @dataclass(frozen=True)

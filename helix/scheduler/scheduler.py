@@ -17,10 +17,10 @@ has it yet. Requests that N takes to max_tokens are left out; one that N
 ends by a stop token runs one wasted position, dropped in update. Scheduled
 ahead, nothing is preempted (a victim may be in flight): a request that
 cannot grow waits, and the step says so (`needs_preemption`), so the next is
-scheduled after the results. Speculation (unless load leaves no room for
-drafts) and samplers that read the output history (penalties, min_tokens)
-need the results first (`can_schedule_ahead`). Updates must still be
-applied in step order.
+scheduled after the results. Speculating steps (unless the policy would
+give the next step no drafts) and samplers that read the output history
+(penalties, min_tokens) need the results first (`can_schedule_ahead`).
+Updates must still be applied in step order.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from helix.block_manager.kv_cache_manager import KVCacheManager
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import ModelOutput, RequestUpdate, ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request, RequestStatus
-from helix.scheduler.speculation import SpecCounters, SpeculationPolicy
+from helix.scheduler.speculation import Decoding, SpecCounters, SpeculationPolicy, StepPlan
 
 
 class InfeasibleRequestError(ValueError):
@@ -104,21 +104,24 @@ class Scheduler:
 
     def can_schedule_ahead(self, in_flight: SchedulerOutput) -> bool:
         """Whether the next step may be scheduled before `in_flight`'s results."""
-        if self.speculation is not None and self.speculation.config.enabled and (
-                any(item.num_spec_tokens for item in in_flight.scheduled) or not self._drafts_crowded_out()):
+        if self._speculates_next(in_flight):
             return False
         if in_flight.needs_preemption:
             return False
         return not any(item.samples and item.request.sampler_reads_output for item in in_flight.scheduled)
 
-    def _drafts_crowded_out(self) -> bool:
-        """Whether adaptive speculation would drop every draft next step anyway: the
-        running requests alone fill the verify token budget, and none is seeded
-        (seeded requests keep their K). Such a step is plain decoding, which can
-        be scheduled ahead; the draft model catches up once drafts fit again."""
-        config = self.speculation.config if self.speculation is not None else None
-        return (config is not None and config.mode == "adaptive" and len(self.running) >= config.token_budget
-                and all(request.params.seed is None for request in self.running))
+    def _speculates_next(self, in_flight: SchedulerOutput) -> bool:
+        """Whether `in_flight` verified drafts or the next step would propose some.
+        A step the policy gives no drafts is plain decoding, which can be
+        scheduled ahead; the draft model catches up once drafts come back.
+        Seeded requests keep their K whatever the policy says."""
+        if self.speculation is None or not self.speculation.config.enabled:
+            return False
+        if any(item.num_spec_tokens for item in in_flight.scheduled):
+            return True
+        decoding = self._decoding(sorted(self.running, key=self._order))
+        return (self.speculation.plan(decoding) > 0
+                or any(request.params.seed is not None and limit > 0 for request, limit in decoding))
 
     def schedule(self, in_flight: SchedulerOutput | None = None) -> SchedulerOutput:
         """The next step; `in_flight`: the step still running, whose results are not applied yet."""
@@ -127,21 +130,24 @@ class Scheduler:
         swap_out: list[tuple[int, int]] = []
         swap_in: list[tuple[int, int]] = []
         ahead = _InFlight.of(in_flight)
-        preempted, blocked = self._schedule_running(scheduled, swap_out, budget, ahead)
+        queue = sorted(self.running, key=self._order)
+        spec, plan = self._speculation_choices(queue)
+        preempted, blocked = self._schedule_running(queue, spec if ahead is None else {}, scheduled, swap_out,
+                                                    budget, ahead)
         budget -= sum(s.num_new_tokens for s in scheduled)
         if not preempted:
             budget = self._schedule_swapped(scheduled, swap_in, budget)
             if not self.swapped:
                 self._schedule_waiting(scheduled, budget)
         finished, self._finished_since_last_step = self._finished_since_last_step, []
-        return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked)
+        return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked, spec_plan=plan)
 
-    def _schedule_running(self, scheduled: list[ScheduledRequest], swap_out: list[tuple[int, int]],
-                          budget: int, ahead: _InFlight | None) -> tuple[bool, bool]:
-        """Grow every running request by its next chunk; preempt when blocks run out
-        (scheduled ahead: stop instead). Returns (preempted, blocked)."""
-        queue = sorted(self.running, key=self._order)
-        spec = self._speculation_choices(queue) if ahead is None else {}
+    def _schedule_running(self, queue: list[Request], spec: dict[Request, int], scheduled: list[ScheduledRequest],
+                          swap_out: list[tuple[int, int]], budget: int,
+                          ahead: _InFlight | None) -> tuple[bool, bool]:
+        """Grow every running request of `queue` (in priority order) by its next chunk,
+        plus its `spec` drafts; preempt when blocks run out (scheduled ahead: stop
+        instead). Returns (preempted, blocked)."""
         preempted = False
         position = 0
         while position < len(queue) and budget > 0:
@@ -167,22 +173,19 @@ class Scheduler:
             preempted = True
         return preempted, False
 
-    def _speculation_choices(self, queue: list[Request]) -> dict[Request, int]:
-        """K per decoding request (only requests with exactly one token to compute speculate)."""
+    def _speculation_choices(self, queue: list[Request]) -> tuple[dict[Request, int], StepPlan | None]:
+        """K per decoding request, and the step's plan (None without speculation)."""
         if self.speculation is None or not self.speculation.config.enabled:
-            return {}
-        choices = {}
-        other_tokens = 0
-        for request in queue:
-            gap = request.num_tokens - request.num_computed_tokens
-            if gap != 1:
-                other_tokens += gap
-                continue
-            # Never reserve slots for drafts that max_tokens or max_model_len would cut off.
-            limit = min(request.max_tokens - len(request.output_token_ids) - 1,
-                        self.config.max_model_len - request.num_tokens)
-            choices[request] = self.speculation.best_k(request, limit)
-        return self.speculation.fit_to_budget(choices, other_tokens)
+            return {}, None
+        return self.speculation.choose(self._decoding(queue))
+
+    def _decoding(self, queue: list[Request]) -> Decoding:
+        """The requests of `queue` with exactly one token to compute (those that
+        can speculate), each with the most drafts it may take: never slots for
+        drafts that max_tokens or max_model_len would cut off."""
+        return [(request, min(request.max_tokens - len(request.output_token_ids) - 1,
+                              self.config.max_model_len - request.num_tokens))
+                for request in queue if request.num_tokens - request.num_computed_tokens == 1]
 
     def _schedule_swapped(self, scheduled: list[ScheduledRequest], swap_in: list[tuple[int, int]],
                           budget: int) -> int:
@@ -283,11 +286,16 @@ class Scheduler:
             request.logprobs.extend(model_output.logprobs.get(request.request_id, [])[:len(new_tokens)])
             if new_tokens:
                 updates.append(RequestUpdate(request, new_tokens, request.finish_reason))
-        if self.speculation is not None:
-            self.speculation.observe_cost(model_output.timings)
         if self.config.check_invariants:
             self.check_invariants()
         return updates
+
+    def observe_step_period(self, output: SchedulerOutput, seconds: float) -> None:
+        """A finished step's wall period, for adaptive speculation (steps that
+        swapped blocks are left out: a swap is not what a K costs)."""
+        if self.speculation is not None and output.spec_plan is not None and not (output.swap_in or
+                                                                                  output.swap_out):
+            self.speculation.observe_step(output.spec_plan, seconds)
 
     def _observe_speculation(self, request: Request, proposed: int, accepted: int) -> None:
         if proposed <= 0 or self.speculation is None:

@@ -1,41 +1,53 @@
-"""How many draft tokens each request speculates this step.
+"""How many draft tokens the requests of a step speculate.
 
 With per-token acceptance rate a, proposing K drafts yields on average
-E(K) = (1 - a^(K+1)) / (1 - a) tokens per step, at a cost of one target pass
-plus K draft passes. The first pass (catch-up over the tokens since the last
-draft, one per speculating step) costs more than each later one (a single
-token each, run as one graph where it can), so in target-pass units a step
-costs C(K) = 1 + r1 + (K - 1) r for K >= 1, with r1 and r the measured
-first-pass and later-pass time ratios to the target pass. Each request takes
-the K in [0, K_max] that maximises E(K) / C(K); K = 0 (plain decoding, C = 1)
-wins whenever speculation would cost more than it returns.
+E(K) = (1 - a^(K+1)) / (1 - a) tokens per verify. What a step costs is
+measured rather than modelled: the engine reports each decode step's wall
+period (`observe_step`), and the policy keeps one estimate per (batch-size
+class, K), the class being the number of decoding requests rounded to a power
+of two. In adaptive mode a step takes the K in [0, K_max] with the most
+expected tokens per second, sum_i E(a_i, K) / T(class, K), where a_i is each
+request's decayed acceptance; K = 0 is plain decoding.
 
-Load: once the batch's verify tokens exceed `token_budget`, the target pass is
-compute-bound and every extra token costs time, while a K-th draft token is
-worth only a^K < 1 tokens. Drafts are then removed, least valuable first,
-until the batch fits. Seeded requests skip this step, so their K (and hence
-their sampled tokens) depends only on their own history, never on the batch.
+Measured, because a step's cost is not the sum of its passes: a speculative
+step cannot be scheduled ahead of the previous step's results (the next step
+depends on how many drafts were accepted), pays host work for every pass, and
+at large batches its verify tokens make the target pass compute-bound. Each of
+these moves the break-even point, and differently per card, model pair and
+batch size.
+
+Exploration: a class first measures K_max, then K = 0. A K between measured
+ones is priced by linear interpolation between its nearest measured
+neighbours; that is optimistic, since a step's cost jumps from K = 0 to K = 1
+(the draft passes and the lost overlap) and then grows about linearly, so a K
+is tried when it might be best and is measured from then on. Once per probe
+interval the step tries a K next to the best one (one more, one fewer) or
+plain decoding, in turn; the interval doubles each time a probe leaves the
+best K unchanged, so a wrong or stale estimate recovers while a settled choice
+costs little. Steps with prompt chunks count too (the chunks cost the same
+whatever K), though a period longer than the estimate moves it only a little.
+
+Seeded requests always speculate K_max (capped by what they may still
+generate): with a seed the sampled tokens depend on K, and they must depend
+only on the request, never on the batch or the clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from helix.scheduler.outputs import StepTimings
 from helix.scheduler.request import Request
 
 _PRIOR_ACCEPTED = 3.0  # prior pseudo-counts: a fresh request starts at a = 0.75
 _PRIOR_TRIALS = 4.0
 _DECAY = 0.9           # per-step decay of a request's acceptance counts
-_COST_SMOOTHING = 0.2
-# One observed ratio counts at most this much: a draft pass dearer than a target
-# pass already rules speculation out, and a one-off outlier (a kernel compiling on
-# first use) must not keep it ruled out.
-_MAX_COST_RATIO = 1.0
-# When a K below the limit looks best, one such decision in this many speculates
-# one draft more, so acceptance and the cost of that pass keep being measured and
-# a wrong estimate can recover (from K = 0, the first pass; from K = 1, the later ones).
-_PROBE_EVERY = 16
+# A period longer than the estimate moves it by this fraction, and counts at most
+# _MAX_RISE times the estimate: stalls (a kernel compiling, a collection pause)
+# only ever add time, so one must not rule a K out. A shorter period is taken as is.
+_RISE_SMOOTHING = 0.2
+_MAX_RISE = 2.0
+_FIRST_PROBE_INTERVAL = 16
+_MAX_PROBE_INTERVAL = 1024
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,6 @@ class SpeculationConfig:
     method: str | None = None          # "draft" | "ngram" | None (off)
     num_speculative_tokens: int = 4    # K_max
     mode: str = "adaptive"             # "adaptive" | "fixed"
-    token_budget: int = 256            # verify tokens per step before the target pass is compute-bound
-    initial_cost_ratio: float = 0.1    # draft/target pass time (each pass) until measured
 
     def __post_init__(self) -> None:
         if self.method not in (None, "draft", "ngram"):
@@ -66,51 +76,93 @@ def expected_tokens(acceptance: float, k: int) -> float:
     return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
 
 
+def batch_class(num_decoding: int) -> int:
+    """Steps of 2^(c-1) to 2^c - 1 decoding requests share class c."""
+    return num_decoding.bit_length()
+
+
+@dataclass
+class _ClassState:
+    """What one batch-size class has measured and when it probes next."""
+
+    periods: dict[int, float] = field(default_factory=dict)  # K -> estimated step seconds
+    decisions: int = 0
+    best: int = -1
+    probe_interval: int = _FIRST_PROBE_INTERVAL
+    next_probe: int = _FIRST_PROBE_INTERVAL
+    probes: int = 0        # probes since the best K last moved
+    probe_up: bool = True  # the direction it last moved
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The K a step's decoding requests were given, and how many there were."""
+
+    num_decoding: int
+    k: int
+
+
+# (request, the most drafts it may take: max_tokens and max_model_len leave room for no more)
+Decoding = list[tuple[Request, int]]
+
+
 class SpeculationPolicy:
     def __init__(self, config: SpeculationConfig):
         self.config = config
-        self.first_pass_ratio = config.initial_cost_ratio  # r1: the first draft pass / the target pass
-        self.cost_ratio = config.initial_cost_ratio        # r: each later draft pass / the target pass
-        self._short_choices = 0  # decisions below the limit, for probing
+        self._classes: dict[int, _ClassState] = {}
 
     def acceptance_rate(self, request: Request) -> float:
         return (request.spec_accepted_ema + _PRIOR_ACCEPTED) / (request.spec_trials_ema + _PRIOR_TRIALS)
 
-    def best_k(self, request: Request, limit: int) -> int:
-        k_max = min(self.config.num_speculative_tokens, limit)
-        if k_max <= 0:
-            return 0
-        if self.config.mode == "fixed":
-            return k_max
-        a = self.acceptance_rate(request)
-        rates = [expected_tokens(a, k) / self.step_cost(k) for k in range(k_max + 1)]
+    # -- deciding ------------------------------------------------------------------
+    def plan(self, decoding: Decoding) -> int:
+        """The K the next step would give its unseeded requests (changes nothing)."""
+        return self._plan(decoding)[0]
+
+    def choose(self, decoding: Decoding) -> tuple[dict[Request, int], StepPlan]:
+        """K per decoding request for this step, counting the decision."""
+        k, best = self._plan(decoding)
+        if self.config.mode == "adaptive" and decoding:
+            self._count_decision(self._classes.setdefault(batch_class(len(decoding)), _ClassState()), k, best)
+        k_max = self.config.num_speculative_tokens
+        choices = {request: max(0, min(k_max if request.params.seed is not None else k, limit))
+                   for request, limit in decoding}
+        return choices, StepPlan(len(decoding), k)
+
+    def _plan(self, decoding: Decoding) -> tuple[int, int]:
+        """(K for this step, the K with the best measured rate)."""
+        k_max = self.config.num_speculative_tokens
+        if self.config.mode == "fixed" or not decoding:
+            return k_max, k_max
+        state = self._classes.get(batch_class(len(decoding)), _ClassState())
+        for anchor in (k_max, 0):
+            if anchor not in state.periods:
+                return anchor, anchor
+        acceptance = [(self.acceptance_rate(request), limit) for request, limit in decoding]
+        rates = [sum(expected_tokens(a, min(k, limit)) for a, limit in acceptance) / _period(state.periods, k)
+                 for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
-        if best < k_max:
-            self._short_choices += 1
-            if self._short_choices % _PROBE_EVERY == 0:
-                return best + 1
-        return best
+        if state.decisions + 1 < state.next_probe:
+            return best, best
+        order = (best + 1, best - 1, 0) if state.probe_up else (best - 1, best + 1, 0)
+        candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
+        return candidates[state.probes % len(candidates)], best
 
-    def step_cost(self, k: int) -> float:
-        """C(K) in target-pass units."""
-        return 1.0 if k == 0 else 1.0 + self.first_pass_ratio + (k - 1) * self.cost_ratio
+    @staticmethod
+    def _count_decision(state: _ClassState, k: int, best: int) -> None:
+        state.decisions += 1
+        if best != state.best:  # the choice moved: look around it again soon, first further that way
+            state.probe_up = best > state.best
+            state.best = best
+            state.probes = 0
+            state.probe_interval = _FIRST_PROBE_INTERVAL
+            state.next_probe = state.decisions + _FIRST_PROBE_INTERVAL
+        elif k != best:  # a probe of a settled choice: the next one waits twice as long
+            state.probes += 1
+            state.probe_interval = min(2 * state.probe_interval, _MAX_PROBE_INTERVAL)
+            state.next_probe = state.decisions + state.probe_interval
 
-    def fit_to_budget(self, choices: dict[Request, int], other_tokens: int) -> dict[Request, int]:
-        """Drop the least valuable draft tokens until the step fits the token budget."""
-        if self.config.mode == "fixed":
-            return choices
-        total = other_tokens + sum(1 + k for k in choices.values())
-        shrinkable = [r for r in choices if r.params.seed is None]
-        while total > self.config.token_budget:
-            candidates = [r for r in shrinkable if choices[r] > 0]
-            if not candidates:
-                break
-            # The K-th draft of a request is worth a^K expected tokens.
-            victim = min(candidates, key=lambda r: self.acceptance_rate(r) ** choices[r])
-            choices[victim] -= 1
-            total -= 1
-        return choices
-
+    # -- measuring -----------------------------------------------------------------
     def observe(self, request: Request, proposed: int, accepted: int) -> None:
         """Fold one verify result into the request's decayed acceptance counts."""
         if proposed <= 0:
@@ -119,18 +171,30 @@ class SpeculationPolicy:
         request.spec_accepted_ema = _DECAY * request.spec_accepted_ema + accepted
         request.spec_trials_ema = _DECAY * request.spec_trials_ema + trials
 
-    def observe_cost(self, timings: StepTimings) -> None:
-        """Track r1 and r, the first and each later draft pass's time over the target pass's."""
-        if timings.draft_passes <= 0 or timings.target_seconds <= 0:
+    def observe_step(self, plan: StepPlan, seconds: float) -> None:
+        """Fold in the wall period of a decode step that ran `plan`."""
+        if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
             return
-        self.first_pass_ratio = _smoothed(self.first_pass_ratio, timings.first_draft_seconds / timings.target_seconds)
-        if timings.draft_passes > 1:
-            later = timings.later_draft_seconds / (timings.draft_passes - 1) / timings.target_seconds
-            self.cost_ratio = _smoothed(self.cost_ratio, later)
+        periods = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState()).periods
+        estimate = periods.get(plan.k)
+        if estimate is None or seconds <= estimate:
+            periods[plan.k] = seconds
+        else:
+            periods[plan.k] = estimate + _RISE_SMOOTHING * (min(seconds, _MAX_RISE * estimate) - estimate)
+
+    def step_seconds(self, num_decoding: int) -> dict[int, float]:
+        """Estimated step seconds per K at this batch size (those measured so far)."""
+        return dict(self._classes.get(batch_class(num_decoding), _ClassState()).periods)
 
 
-def _smoothed(estimate: float, observed: float) -> float:
-    return estimate + _COST_SMOOTHING * (min(observed, _MAX_COST_RATIO) - estimate)
+def _period(periods: dict[int, float], k: int) -> float:
+    """The measured period of K, else the line between the nearest measured K's
+    below and above it (K = 0 and K_max are always measured)."""
+    if k in periods:
+        return periods[k]
+    below = max(j for j in periods if j < k)
+    above = min(j for j in periods if j > k)
+    return periods[below] + (k - below) * (periods[above] - periods[below]) / (above - below)
 
 
 @dataclass
@@ -158,5 +222,5 @@ class SpecCounters:
 
     @property
     def mean_accepted_length(self) -> float:
-        """Mean tokens emitted per verify step (accepted drafts + the one extra token)."""
+        """Mean tokens emitted per verify step (accepted drafts + 1)."""
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput, StepTimings
+from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
@@ -28,7 +28,6 @@ from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
-from helix.worker.step_clock import StepClock
 from helix.worker.token_feed import TokenFeed
 
 
@@ -108,22 +107,12 @@ class ModelRunner:
         output = ModelOutput(sampled={})
         if not step.scheduled:
             return lambda: output
-        # Phases (first draft pass, later draft passes, target pass) are timed only for
-        # adaptive speculation: without a proposer nothing reads them.
-        clock: StepClock | None = None
-        if self.proposer is None:
-            proposals = Proposals()
-        else:
-            clock = StepClock(self.device)
-            proposals = self.proposer.propose(step.scheduled, self._row_for, clock)  # marks after its first pass
-            clock.mark()
+        proposals = Proposals() if self.proposer is None else self.proposer.propose(step.scheduled, self._row_for)
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)
         verify = self._start_verify(step.scheduled, hidden, rows, proposals)
         self._last_sampled = sampling
-        if clock is not None:
-            clock.mark()
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
@@ -132,7 +121,7 @@ class ModelRunner:
             proposals.read_drafts()
             self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
-            return output if clock is None else _with_timings(output, _timings(clock, proposals))
+            return output
 
         return finish
 
@@ -330,15 +319,3 @@ def _emitted_logprobs(logits: torch.Tensor, emitted: list[int], count: int) -> l
     logprobs = logits[:len(emitted)].log_softmax(dim=-1)
     return [TokenLogprobs(token, float(logprobs[i, token]), top_logprobs(logprobs[i], count))
             for i, token in enumerate(emitted)]
-
-
-def _timings(clock: StepClock, proposals: Proposals) -> StepTimings:
-    first_draft_seconds, later_draft_seconds, target_seconds = clock.phases()
-    # Draft passes that only mirrored prompt chunks are not what a draft token costs.
-    draft_passes = proposals.num_passes if proposals.by_request else 0
-    return StepTimings(first_draft_seconds, later_draft_seconds, draft_passes, target_seconds)
-
-
-def _with_timings(output: ModelOutput, timings: StepTimings) -> ModelOutput:
-    return ModelOutput(output.sampled, output.logprobs, output.prompt_logprobs, output.num_proposed,
-                       output.num_accepted, output.draft_computed, timings)

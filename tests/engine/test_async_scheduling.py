@@ -14,6 +14,7 @@ import pytest
 
 from helix import LLM, SamplingParams
 from helix.outputs import RequestOutput
+from helix.scheduler.speculation import StepPlan
 from tests.regimes import REGIMES, assert_drained, run_regime
 
 
@@ -122,8 +123,10 @@ def test_prompt_logprobs_and_n_match(tiny_model_dirs: dict[str, Path], greedy_pr
 def test_speculation_schedules_after_results(tiny_model_dirs: dict[str, Path],
                                              greedy_prompts: list[list[int]],
                                              greedy_expected: list[list[int]]) -> None:
+    """Every step drafts (fixed K): the next step depends on how many drafts were
+    accepted, so none is scheduled ahead."""
     llm = LLM(str(tiny_model_dirs["llama"]), draft_model=str(tiny_model_dirs["llama"]), num_kv_blocks=256,
-              block_size=4, async_scheduling=True, check_invariants=True)
+              block_size=4, async_scheduling=True, speculation_mode="fixed", check_invariants=True)
     ahead = count_ahead_schedules(llm)
     params = SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]), ignore_eos=True)
     outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
@@ -132,17 +135,23 @@ def test_speculation_schedules_after_results(tiny_model_dirs: dict[str, Path],
     assert_drained(llm)
 
 
-def test_speculation_crowded_out_by_load_schedules_ahead(tiny_model_dirs: dict[str, Path],
-                                                         greedy_prompts: list[list[int]],
-                                                         greedy_expected: list[list[int]]) -> None:
-    """With the verify budget full of running requests, adaptive speculation would
-    drop every draft: those steps are plain decoding, scheduled ahead; drafts
-    come back (the draft model catching up) once the batch thins out."""
+def test_steps_without_drafts_are_scheduled_ahead(tiny_model_dirs: dict[str, Path],
+                                                  greedy_prompts: list[list[int]],
+                                                  greedy_expected: list[list[int]]) -> None:
+    """Where adaptive speculation measures plain decoding faster, its steps give no
+    drafts and are scheduled ahead; where it measures speculation faster (here a
+    lone request), drafts come back, the draft model catching up."""
     llm = LLM(str(tiny_model_dirs["llama"]), draft_model=str(tiny_model_dirs["llama"]), num_kv_blocks=512,
-              block_size=4, async_scheduling=True, speculation_token_budget=8, check_invariants=True)
+              block_size=4, async_scheduling=True, check_invariants=True)
+    speculation = llm.engine.scheduler.speculation
+    k_max = speculation.config.num_speculative_tokens
+    for num_decoding in (1, 2, 4, 8, 16, 32, 64):
+        for k in range(k_max + 1):
+            fast = (k == k_max) if num_decoding == 1 else (k == 0)
+            speculation.observe_step(StepPlan(num_decoding, k), 1e-3 if fast else 1e3)
     ahead = count_ahead_schedules(llm)
-    # Staggered lengths: the batch shrinks below the budget while some requests still run.
-    params = [SamplingParams(temperature=0.0, max_tokens=4 + i % 16, ignore_eos=True)
+    # The first request outlives the others, and runs alone for its last tokens.
+    params = [SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]) if i == 0 else 4, ignore_eos=True)
               for i in range(len(greedy_prompts))]
     outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == [tokens[:p.max_tokens]

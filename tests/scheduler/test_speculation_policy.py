@@ -1,5 +1,6 @@
-"""Adaptive K: how the cost estimate and the probing keep speculation on when
-it pays and let it recover from a wrong estimate."""
+"""Adaptive K: each step takes the K with the most expected tokens per measured
+second at its batch size, tries every K once, and keeps re-trying the best K's
+neighbours ever more rarely, so a wrong or stale estimate recovers."""
 
 from __future__ import annotations
 
@@ -7,75 +8,127 @@ from pathlib import Path
 
 from helix import LLM
 from helix.sampling_params import SamplingParams
-from helix.scheduler.outputs import StepTimings
 from helix.scheduler.request import Request
-from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
+from helix.scheduler.speculation import (Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class,
+                                         expected_tokens)
 
 K_MAX = 4
 
 
-def fresh_request(name: str = "r") -> Request:
-    return Request(name, [1, 2, 3], SamplingParams(max_tokens=100), eos_token_ids=frozenset())
+def request(name: str = "r", seed: int | None = None) -> Request:
+    return Request(name, [1, 2, 3], SamplingParams(max_tokens=100, seed=seed), eos_token_ids=frozenset())
 
 
-def policy() -> SpeculationPolicy:
-    return SpeculationPolicy(SpeculationConfig(method="draft", num_speculative_tokens=K_MAX))
+def batch(size: int, limit: int = 100) -> Decoding:
+    return [(request(f"r{i}"), limit) for i in range(size)]
 
 
-def step(draft_pass_ms: float, target_ms: float, passes: int = 4, first_pass_ms: float | None = None) -> StepTimings:
-    """A speculative step's timings: `passes` draft passes (the first may cost `first_pass_ms`)."""
-    first = draft_pass_ms if first_pass_ms is None else first_pass_ms
-    return StepTimings(first / 1e3, draft_pass_ms * (passes - 1) / 1e3, passes, target_ms / 1e3)
+def policy(mode: str = "adaptive") -> SpeculationPolicy:
+    return SpeculationPolicy(SpeculationConfig(method="draft", num_speculative_tokens=K_MAX, mode=mode))
 
 
-def test_a_compile_sized_outlier_does_not_turn_speculation_off() -> None:
+def small_batch_ms(k: int) -> float:
+    """Step periods like a 1B target with a small draft at batch 1: plain steps run
+    back to back (1.3 ms); a speculative step pays 2.0 ms plus 0.2 per further draft."""
+    return 1.3 if k == 0 else 2.0 + 0.2 * (k - 1)
+
+
+def run(spec: SpeculationPolicy, decoding: Decoding, steps: int, step_ms: dict[int, float] | None = None,
+        cost=small_batch_ms) -> list[int]:
+    """`steps` decisions, each followed by its measured period; returns the Ks chosen."""
+    chosen = []
+    for _ in range(steps):
+        choices, plan = spec.choose(decoding)
+        chosen.append(plan.k)
+        assert all(k == min(plan.k, limit) for (r, limit), k in zip(decoding, choices.values()))
+        spec.observe_step(plan, (step_ms[plan.k] if step_ms else cost(plan.k)) / 1e3)
+    return chosen
+
+
+def test_k_max_and_plain_are_measured_first_then_ks_that_might_be_best() -> None:
     spec = policy()
-    spec.observe_cost(step(draft_pass_ms=800.0, target_ms=2.0))  # a draft kernel compiling on first use
-    assert spec.best_k(fresh_request(), K_MAX) >= 2
-    for _ in range(10):  # then passes of their usual cost: r settles near 0.1
-        spec.observe_cost(step(draft_pass_ms=0.2, target_ms=2.0))
-    assert spec.cost_ratio < 0.15 and spec.best_k(fresh_request(), K_MAX) >= 3
+    chosen = run(spec, batch(1), 12)
+    # Between K = 0 (1.3 ms) and K = 4 (2.6 ms), K = 3 is priced on the line at 2.275 ms:
+    # E(3) / 2.275 = 1.20 tokens/ms (a = 0.75, the prior) would beat E(4) / 2.6 = 1.17.
+    # Measured at 2.4 ms it does not, and K = 2 on the line (2.03 ms) cannot either.
+    assert chosen == [4, 0, 3] + [4] * 9
+    assert expected_tokens(0.75, 3) / 2.275 > expected_tokens(0.75, 4) / 2.6 > expected_tokens(0.75, 3) / 2.4
+    assert expected_tokens(0.75, 2) / (1.3 + 2 / 3 * 1.1) < expected_tokens(0.75, 4) / 2.6
 
 
-def test_a_dear_first_pass_does_not_make_later_drafts_look_dear() -> None:
-    """The first draft pass (catch-up) is paid once per step, later passes once per
-    draft: measured at K = 2 with a first pass at 0.8 of the target pass and later
-    passes at 0.05, K = 4 returns the most tokens per unit of time (a = 0.75:
-    3.05 tokens for 1.95 target passes, against 2.31 for 1.85 at K = 2). One
-    ratio per pass, averaged over both kinds, would read 0.425 and keep K at 2."""
+def test_plain_decoding_where_it_measures_faster_and_speculation_where_it_pays() -> None:
+    """At batch 200 the verify tokens make the target pass compute-bound: a step of
+    K drafts costs about (1 + K) plain steps, so no K pays; at batch 1 K = 4 does."""
     spec = policy()
-    for _ in range(30):
-        spec.observe_cost(step(draft_pass_ms=0.1, target_ms=2.0, passes=2, first_pass_ms=1.6))
-    assert abs(spec.first_pass_ratio - 0.8) < 0.01 and abs(spec.cost_ratio - 0.05) < 0.01
-    assert spec.best_k(fresh_request(), K_MAX) == 4
+    large = run(spec, batch(200), 40, cost=lambda k: 10.0 * (1 + k))
+    small = run(spec, batch(1), 40)
+    assert large[2:].count(0) >= 36 and small[3:].count(4) >= 35
+    assert spec.plan(batch(200)) == 0 and spec.plan(batch(1)) == 4
+    assert batch_class(200) != batch_class(1)
 
 
-def test_when_k0_looks_best_one_decision_in_16_probes_k1() -> None:
+def test_probes_of_a_settled_choice_grow_sparse() -> None:
     spec = policy()
-    for _ in range(20):  # drafting costs as much as the target: no K pays
-        spec.observe_cost(step(draft_pass_ms=2.0, target_ms=2.0))
-    request = fresh_request()
-    choices = [spec.best_k(request, K_MAX) for _ in range(64)]
-    assert choices.count(1) == 4 and choices.count(0) == 60
-    assert [i for i, k in enumerate(choices) if k == 1] == [15, 31, 47, 63]
+    chosen = run(spec, batch(64), 3000, cost=lambda k: 10.0 * (1 + k))
+    probes = [i for i, k in enumerate(chosen) if i > 1 and k != 0]
+    assert probes and len(probes) <= 8
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] >= 512
 
 
-def test_probes_let_a_cheaper_draft_bring_speculation_back() -> None:
+def test_a_stall_does_not_rule_a_k_out() -> None:
+    """K = 4's first step stalls (a kernel compiling: 800 ms), so every K > 0 looks
+    dear and plain decoding wins; probes then measure K = 1, 2, 3 and 4 at their
+    usual cost, one after the other, and K = 4 takes over."""
     spec = policy()
-    for _ in range(20):
-        spec.observe_cost(step(draft_pass_ms=2.0, target_ms=2.0))
-    request = fresh_request()
-    for _ in range(200):
-        k = spec.best_k(request, K_MAX)
-        if k:  # a probe: the draft is cheap now and was accepted
-            spec.observe(request, k, k)
-            spec.observe_cost(step(draft_pass_ms=0.2, target_ms=2.0, passes=k))
-    assert spec.best_k(request, K_MAX) >= 3
+    run(spec, batch(1), 1, step_ms={4: 800.0})
+    chosen = run(spec, batch(1), 120)
+    assert chosen[:15] == [0] * 15
+    assert chosen[-20:].count(4) >= 18  # and the odd probe of K = 3
 
 
-def test_prompt_only_steps_do_not_count_as_draft_cost(tiny_model_dirs: dict[str, Path]) -> None:
-    """Draft passes that only mirror prompt chunks (prefill) are not what a draft token costs."""
+def test_a_k_that_got_dearer_is_dropped() -> None:
+    spec = policy()
+    run(spec, batch(1), 20)
+    assert spec.plan(batch(1)) == 4
+    run(spec, batch(1), 20, cost=lambda k: small_batch_ms(k) * (3 if k else 1))
+    assert spec.plan(batch(1)) == 0
+
+
+def test_seeded_requests_keep_k_max_and_limits_cap_every_k() -> None:
+    spec = policy()
+    run(spec, batch(3), 10, cost=lambda k: 10.0 * (1 + k))
+    seeded, plain, short = request("seeded", seed=7), request("plain"), request("short")
+    choices, plan = spec.choose([(seeded, 100), (plain, 100), (short, 1)])
+    assert plan.k == 0 and choices == {seeded: K_MAX, plain: 0, short: 0}
+    fixed_choices, _ = policy("fixed").choose([(seeded, 100), (plain, 100), (short, 1)])
+    assert fixed_choices == {seeded: K_MAX, plain: K_MAX, short: 1}
+
+
+def test_fixed_mode_ignores_measurements() -> None:
+    spec = policy("fixed")
+    assert run(spec, batch(8), 20, cost=lambda k: 10.0 * (1 + k)) == [K_MAX] * 20
+    assert spec.step_seconds(8) == {}
+
+
+def test_only_steps_with_decoding_requests_are_measured(tiny_model_dirs: dict[str, Path]) -> None:
+    """One-token generations run only prefill steps: no K was chosen, and every
+    estimate stays empty."""
     model = str(tiny_model_dirs["llama"])
     llm = LLM(model, draft_model=model, num_kv_blocks=256, block_size=4)
     llm.generate([list(range(1, 40))] * 3, SamplingParams(max_tokens=1), use_tqdm=False)
-    assert llm.engine.scheduler.speculation.cost_ratio == SpeculationConfig().initial_cost_ratio
+    speculation = llm.engine.scheduler.speculation
+    assert all(speculation.step_seconds(n) == {} for n in range(1, 4))
+    llm.generate([list(range(1, 40))] * 3, SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert speculation.step_seconds(3)
+
+
+def test_plan_matches_the_next_choice() -> None:
+    """`plan` (what scheduling ahead asks) must agree with the next `choose`."""
+    spec = policy()
+    decoding = batch(5)
+    for step in range(300):
+        planned = spec.plan(decoding)
+        _, plan = spec.choose(decoding)
+        assert plan.k == planned
+        spec.observe_step(StepPlan(5, plan.k), (1.0 + (step % 7) * 0.1 + plan.k * 0.3) / 1e3)

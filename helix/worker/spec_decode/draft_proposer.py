@@ -26,7 +26,6 @@ from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
 from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
 from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
-from helix.worker.step_clock import StepClock
 from helix.worker.token_feed import TokenFeed
 
 
@@ -54,7 +53,7 @@ class DraftModelProposer:
         self.cache.swap(pairs, to_cpu)
 
     @torch.inference_mode()
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
         """Queue the draft passes; each pass's tokens are fed to the next on the
         device. Only requests whose sampler reads the drafts so far (penalties,
         min_tokens) make a pass wait for its tokens on the host."""
@@ -62,13 +61,11 @@ class DraftModelProposer:
         speculating = [item for item in scheduled if item.num_spec_tokens > 0]
         mirrored = [item for item in scheduled if self._mirrors(item)]
         if not speculating and not mirrored:
-            clock.mark()
             return proposals
         history: dict[str, list[int]] = {item.request.request_id: [] for item in speculating
                                          if item.request.sampler_reads_output}
         q_rows: dict[str, list[torch.Tensor]] = {item.request.request_id: [] for item in speculating}
         first = self._pass_a(speculating, mirrored, row_for, history, q_rows, proposals)
-        clock.mark()
         if first is None:
             return proposals
         proposals.on_device.append(first)
@@ -78,12 +75,10 @@ class DraftModelProposer:
             drafts = self.loop.run(first.token_ids, [item.request.num_tokens for item in speculating],
                                    [item.block_table for item in speculating], max_depth)  # [n, max_depth]
             proposals.on_device.extend(DraftRows(first.request_ids, drafts[:, d]) for d in range(max_depth))
-            proposals.num_passes += max_depth
         for depth in range(len(proposals.on_device), max_depth + 1):
             extending = [item for item in speculating if item.num_spec_tokens > depth]
             proposals.on_device.append(
                 self._pass_b(extending, depth, proposals.on_device[-1], row_for, history, q_rows))
-            proposals.num_passes += 1
         for item in speculating:
             request_id = item.request.request_id
             q = q_rows[request_id]
@@ -121,7 +116,6 @@ class DraftModelProposer:
             token_ids.extend(item.request.token_ids(item.start, item.start + item.num_new_tokens))
             proposals.draft_computed[item.request.request_id] = item.start + item.num_new_tokens
         hidden, last_rows = self._forward(spans, token_ids)
-        proposals.num_passes += 1
         if not speculating:
             return None
         return self._sample_next(speculating, hidden[last_rows[:len(speculating)]], row_for, history, q_rows)

@@ -7,7 +7,6 @@ from typing import Sequence
 from helix.scheduler.outputs import ScheduledRequest
 from helix.worker.spec_decode.ngram import propose_ngram
 from helix.worker.spec_decode.proposal import Proposal, Proposals, RowFactory
-from helix.worker.step_clock import StepClock
 
 
 class NgramProposer:
@@ -15,8 +14,7 @@ class NgramProposer:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
-        clock.mark()  # no draft passes
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
         proposals = Proposals()
         for item in scheduled:
             if item.num_spec_tokens:

@@ -10,7 +10,6 @@ import torch
 from helix.scheduler.outputs import ScheduledRequest
 from helix.scheduler.request import Request
 from helix.worker.device import HostCopy
-from helix.worker.step_clock import StepClock
 from helix.worker.sampler import SamplingRow
 
 # Sampling settings of a request at the position after `extra_tokens` (drafts so far).
@@ -35,7 +34,6 @@ class DraftRows:
 class Proposals:
     by_request: dict[str, Proposal] = field(default_factory=dict)
     draft_computed: dict[str, int] = field(default_factory=dict)  # new draft-cache coverage per request
-    num_passes: int = 0
     # Drafts chosen on the device, by depth, not yet on the host (empty: already there).
     on_device: list[DraftRows] = field(default_factory=list)
     _copy: HostCopy | None = None
@@ -55,8 +53,8 @@ class Proposals:
 
 
 class Proposer(Protocol):
-    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory, clock: StepClock) -> Proposals:
-        """Draft for the speculating requests; `clock.mark()` once, after the first draft pass."""
+    def propose(self, scheduled: Sequence[ScheduledRequest], row_for: RowFactory) -> Proposals:
+        """Draft for the speculating requests."""
         ...
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None: ...
