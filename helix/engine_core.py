@@ -38,6 +38,7 @@ from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.ngram_proposer import NgramProposer
 from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
+from helix.worker.warm_up import warm_up_attention
 
 logger = logging.getLogger(__name__)
 _RATE_WINDOW_S = 10.0
@@ -65,6 +66,10 @@ class EngineCore:
         proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
                                   self.dtype, args.seed, proposer, self.graphs, self._acceptance())
+        if self.device.type == "cuda":  # compile now what the first requests would wait for
+            warm_up_attention(model, self.runner.kv_cache, args.block_size, self.max_model_len, "target")
+            if isinstance(proposer, DraftModelProposer):
+                warm_up_attention(proposer.model, proposer.kv_cache, args.block_size, self.max_model_len, "draft")
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,

@@ -2,12 +2,13 @@
 
 With per-token acceptance rate a, proposing K drafts yields on average
 E(K) = (1 - a^(K+1)) / (1 - a) tokens per verify. What a step costs is
-measured rather than modelled: the engine reports each decode step's wall
-period (`observe_step`), and the policy keeps one estimate per (batch-size
+measured rather than modelled: the engine reports the wall period of each
+step with decoding requests (`observe_step`), and the policy keeps one estimate per (batch-size
 class, K), the class being the number of decoding requests rounded to a power
 of two. In adaptive mode a step takes the K in [0, K_max] with the most
 expected tokens per second, sum_i E(a_i, K) / T(class, K), where a_i is each
-request's decayed acceptance; K = 0 is plain decoding.
+request's decayed acceptance; K = 0 is plain decoding, which a K > 0 must
+beat by a margin.
 
 Measured, because a step's cost is not the sum of its passes: a speculative
 step cannot be scheduled ahead of the previous step's results (the next step
@@ -38,15 +39,24 @@ from dataclasses import dataclass, field
 
 from helix.scheduler.request import Request
 
-_PRIOR_ACCEPTED = 3.0  # prior pseudo-counts: a fresh request starts at a = 0.75
+# A request's acceptance estimate starts from the engine-wide one, held as this
+# many pseudo-trials; the engine-wide estimate starts from a = 0.75.
+_PRIOR_ACCEPTED = 3.0
 _PRIOR_TRIALS = 4.0
-_DECAY = 0.9           # per-step decay of a request's acceptance counts
-# A period longer than the estimate moves it by this fraction, and counts at most
-# _MAX_RISE times the estimate: stalls (a kernel compiling, a collection pause)
-# only ever add time, so one must not rule a K out. A shorter period is taken as is.
+_DECAY = 0.9           # per-verify decay of a request's acceptance counts
+_GLOBAL_DECAY = 0.99   # per-verify decay of the engine-wide counts
+# A period longer than the estimate (for a K not measured yet, its price on the
+# line) moves it by this fraction, and counts at most _MAX_RISE times the
+# estimate: stalls (a kernel compiling, a collection pause) only ever add time,
+# so one must not rule a K out. A shorter period is taken as is.
 _RISE_SMOOTHING = 0.2
 _MAX_RISE = 2.0
 _FIRST_PROBE_INTERVAL = 16
+# Speculation must promise this much more than plain decoding. A speculative step
+# cannot have the next step scheduled ahead of it, and the step after it pays
+# for restarting that overlap in its own period; the margin covers that, and
+# noise, near the break-even point.
+_SPECULATION_MARGIN = 1.1
 _MAX_PROBE_INTERVAL = 1024
 
 
@@ -110,9 +120,14 @@ class SpeculationPolicy:
     def __init__(self, config: SpeculationConfig):
         self.config = config
         self._classes: dict[int, _ClassState] = {}
+        self._accepted = 0.0  # engine-wide decayed counts of accepted drafts / acceptance trials
+        self._trials = 0.0
 
     def acceptance_rate(self, request: Request) -> float:
-        return (request.spec_accepted_ema + _PRIOR_ACCEPTED) / (request.spec_trials_ema + _PRIOR_TRIALS)
+        """The request's decayed acceptance, drawn towards the engine-wide rate: a few
+        verifies alone are too noisy to stop speculating on."""
+        prior = (self._accepted + _PRIOR_ACCEPTED) / (self._trials + _PRIOR_TRIALS)
+        return (request.spec_accepted_ema + _PRIOR_TRIALS * prior) / (request.spec_trials_ema + _PRIOR_TRIALS)
 
     # -- deciding ------------------------------------------------------------------
     def plan(self, decoding: Decoding) -> int:
@@ -140,7 +155,7 @@ class SpeculationPolicy:
                 return anchor, anchor
         acceptance = [(self.acceptance_rate(request), limit) for request, limit in decoding]
         rates = [sum(expected_tokens(a, min(k, limit)) for a, limit in acceptance) / _period(state.periods, k)
-                 for k in range(k_max + 1)]
+                 / (_SPECULATION_MARGIN if k else 1.0) for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
         if state.decisions + 1 < state.next_probe:
             return best, best
@@ -170,13 +185,16 @@ class SpeculationPolicy:
         trials = accepted + (1 if accepted < proposed else 0)  # stops at the first rejection
         request.spec_accepted_ema = _DECAY * request.spec_accepted_ema + accepted
         request.spec_trials_ema = _DECAY * request.spec_trials_ema + trials
+        self._accepted = _GLOBAL_DECAY * self._accepted + accepted
+        self._trials = _GLOBAL_DECAY * self._trials + trials
 
     def observe_step(self, plan: StepPlan, seconds: float) -> None:
         """Fold in the wall period of a decode step that ran `plan`."""
         if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
             return
         periods = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState()).periods
-        estimate = periods.get(plan.k)
+        anchored = 0 in periods and self.config.num_speculative_tokens in periods
+        estimate = _period(periods, plan.k) if plan.k in periods or anchored else None
         if estimate is None or seconds <= estimate:
             periods[plan.k] = seconds
         else:

@@ -50,8 +50,9 @@ def test_k_max_and_plain_are_measured_first_then_ks_that_might_be_best() -> None
     chosen = run(spec, batch(1), 12)
     # Between K = 0 (1.3 ms) and K = 4 (2.6 ms), K = 3 is priced on the line at 2.275 ms:
     # E(3) / 2.275 = 1.20 tokens/ms (a = 0.75, the prior) would beat E(4) / 2.6 = 1.17.
-    # Measured at 2.4 ms it does not, and K = 2 on the line (2.03 ms) cannot either.
-    assert chosen == [4, 0, 3] + [4] * 9
+    # Its estimate rises from that price towards the measured 2.4 ms, at which it does
+    # not; K = 2 on the line (2.03 ms) cannot either.
+    assert chosen[:3] == [4, 0, 3] and set(chosen[3:6]) <= {3, 4} and chosen[6:] == [4] * 6
     assert expected_tokens(0.75, 3) / 2.275 > expected_tokens(0.75, 4) / 2.6 > expected_tokens(0.75, 3) / 2.4
     assert expected_tokens(0.75, 2) / (1.3 + 2 / 3 * 1.1) < expected_tokens(0.75, 4) / 2.6
 
@@ -62,7 +63,7 @@ def test_plain_decoding_where_it_measures_faster_and_speculation_where_it_pays()
     spec = policy()
     large = run(spec, batch(200), 40, cost=lambda k: 10.0 * (1 + k))
     small = run(spec, batch(1), 40)
-    assert large[2:].count(0) >= 36 and small[3:].count(4) >= 35
+    assert large[2:].count(0) >= 36 and small[5:].count(4) >= 33
     assert spec.plan(batch(200)) == 0 and spec.plan(batch(1)) == 4
     assert batch_class(200) != batch_class(1)
 
@@ -132,3 +133,26 @@ def test_plan_matches_the_next_choice() -> None:
         _, plan = spec.choose(decoding)
         assert plan.k == planned
         spec.observe_step(StepPlan(5, plan.k), (1.0 + (step % 7) * 0.1 + plan.k * 0.3) / 1e3)
+
+
+def test_a_request_starts_from_the_engine_wide_acceptance() -> None:
+    spec = policy()
+    for i in range(50):  # earlier requests: 9 drafts accepted, then one rejected (a = 0.9)
+        spec.observe(request(f"old{i}"), 10, 9)
+    new = request("new")
+    assert spec.acceptance_rate(new) > 0.85
+    spec.observe(new, 4, 0)  # one unlucky verify does not make it a bad request
+    assert spec.acceptance_rate(new) > 0.6
+    low = policy()
+    for i in range(50):  # the first draft rejected every time
+        low.observe(request(f"old{i}"), 4, 0)
+    assert low.acceptance_rate(request("new")) < 0.3
+
+
+def test_speculation_must_beat_plain_decoding_by_a_margin() -> None:
+    """Speculation measured 5% ahead of plain decoding is within what the lost
+    overlap after a speculative step and noise can account for: plain decoding
+    keeps the steps."""
+    spec = policy()
+    chosen = run(spec, batch(1), 60, cost=lambda k: 1.0 if k == 0 else expected_tokens(0.75, k) / 1.05)
+    assert chosen[:2] == [4, 0] and chosen[-40:].count(0) >= 37
