@@ -198,14 +198,15 @@ class EngineCore:
                 return outputs + failed
         if not self.scheduler.has_unfinished():  # nothing will run next: deliver now
             outputs += self._process(self._unprocessed)
-            outputs += self._complete(self._in_flight) or []
+            outputs += self._complete(self._in_flight, timed=False) or []
             outputs += self._process(self._unprocessed)
         return outputs
 
-    def _complete(self, launched: _LaunchedStep) -> list[RequestOutput] | None:
+    def _complete(self, launched: _LaunchedStep, timed: bool = True) -> list[RequestOutput] | None:
         """Read a launched step's results and apply them, leaving its updates to process.
         Out of memory: drop it, and the step in flight scheduled ahead of it, and
-        fail its largest request (the returned outputs)."""
+        fail its largest request (the returned outputs). `timed=False`: read at
+        once after the launch, so its period would be a fragment."""
         if launched is self._in_flight:
             self._in_flight = None
         try:
@@ -215,7 +216,8 @@ class EngineCore:
                 _wait_discarding(self._in_flight)
                 self._in_flight = None
             return self._fail_out_of_memory(launched.scheduled, error)
-        self._observe_period(launched)
+        if timed:
+            self._observe_period(launched)
         self._unprocessed = (launched.scheduled, self.scheduler.update_from_output(launched.scheduled, model_output))
         return None
 

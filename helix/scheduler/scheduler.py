@@ -26,7 +26,7 @@ Updates must still be applied in step order.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from helix.block_manager.block_table import blocks_for_tokens
 from helix.block_manager.kv_cache_manager import KVCacheManager
@@ -140,7 +140,8 @@ class Scheduler:
             if not self.swapped:
                 self._schedule_waiting(scheduled, budget)
         finished, self._finished_since_last_step = self._finished_since_last_step, []
-        return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked, spec_plan=plan)
+        return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked,
+                               spec_plan=self._steady(plan, scheduled))
 
     def _schedule_running(self, queue: list[Request], spec: dict[Request, int], scheduled: list[ScheduledRequest],
                           swap_out: list[tuple[int, int]], budget: int,
@@ -178,6 +179,15 @@ class Scheduler:
         if self.speculation is None or not self.speculation.config.enabled:
             return {}, None
         return self.speculation.choose(self._decoding(queue))
+
+    def _steady(self, plan: StepPlan | None, scheduled: list[ScheduledRequest]) -> StepPlan | None:
+        """`plan`, marked unsteady if a request drafts with its draft model more than
+        two tokens behind: after a verify it is one or two behind, so this step's
+        first draft pass also catches up on steps that ran without drafts."""
+        if plan is None or not self.has_draft_cache:
+            return plan
+        return replace(plan, steady=all(item.request.num_tokens - item.request.num_draft_computed_tokens <= 2
+                                        for item in scheduled if item.num_spec_tokens))
 
     def _decoding(self, queue: list[Request]) -> Decoding:
         """The requests of `queue` with exactly one token to compute (those that
@@ -291,10 +301,12 @@ class Scheduler:
         return updates
 
     def observe_step_period(self, output: SchedulerOutput, seconds: float) -> None:
-        """A finished step's wall period, for adaptive speculation (steps that
-        swapped blocks are left out: a swap is not what a K costs)."""
-        if self.speculation is not None and output.spec_plan is not None and not (output.swap_in or
-                                                                                  output.swap_out):
+        """A finished step's wall period, for adaptive speculation. Steps without a
+        decoding request say nothing about K (scheduled ahead, one can be empty),
+        and a swap is not what a K costs."""
+        if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
+            return
+        if any(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens for item in output.scheduled):
             self.speculation.observe_step(output.spec_plan, seconds)
 
     def _observe_speculation(self, request: Request, proposed: int, accepted: int) -> None:

@@ -17,13 +17,14 @@ at large batches its verify tokens make the target pass compute-bound. Each of
 these moves the break-even point, and differently per card, model pair and
 batch size.
 
-Exploration: a class first measures K_max, then K = 0. A K between measured
+Exploration: a class first measures K = 0, then K_max. A K between measured
 ones is priced by linear interpolation between its nearest measured
 neighbours; that is optimistic, since a step's cost jumps from K = 0 to K = 1
 (the draft passes and the lost overlap) and then grows about linearly, so a K
 is tried when it might be best and is measured from then on. Once per probe
-interval the step tries a K next to the best one (one more, one fewer) or
-plain decoding, in turn; the interval doubles each time a probe leaves the
+interval two steps try a K next to the best one (one more, one fewer) or
+plain decoding, in turn (the first step of a K after steps without drafts
+also catches the draft model up, and is not measured); the interval doubles each time a probe leaves the
 best K unchanged, so a wrong or stale estimate recovers while a settled choice
 costs little. Steps with prompt chunks count too (the chunks cost the same
 whatever K), though a period longer than the estimate moves it only a little.
@@ -102,14 +103,19 @@ class _ClassState:
     next_probe: int = _FIRST_PROBE_INTERVAL
     probes: int = 0        # probes since the best K last moved
     probe_up: bool = True  # the direction it last moved
+    repeat: int | None = None  # a probe's K, for its second step
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The K a step's decoding requests were given, and how many there were."""
+    """The K a step's decoding requests were given, and how many there were.
+    `steady`: no speculating request had a draft model far behind it, so the
+    step's period is what the K costs step after step (a first step after
+    steps without drafts also catches the draft model up)."""
 
     num_decoding: int
     k: int
+    steady: bool = True
 
 
 # (request, the most drafts it may take: max_tokens and max_model_len leave room for no more)
@@ -147,16 +153,20 @@ class SpeculationPolicy:
     def _plan(self, decoding: Decoding) -> tuple[int, int]:
         """(K for this step, the K with the best measured rate)."""
         k_max = self.config.num_speculative_tokens
-        if self.config.mode == "fixed" or not decoding:
+        if self.config.mode == "fixed":
             return k_max, k_max
+        if not decoding:
+            return 0, 0
         state = self._classes.get(batch_class(len(decoding)), _ClassState())
-        for anchor in (k_max, 0):
+        for anchor in (0, k_max):
             if anchor not in state.periods:
                 return anchor, anchor
         acceptance = [(self.acceptance_rate(request), limit) for request, limit in decoding]
         rates = [sum(expected_tokens(a, min(k, limit)) for a, limit in acceptance) / _period(state.periods, k)
                  / (_SPECULATION_MARGIN if k else 1.0) for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
+        if state.repeat is not None:
+            return state.repeat, best
         if state.decisions + 1 < state.next_probe:
             return best, best
         order = (best + 1, best - 1, 0) if state.probe_up else (best - 1, best + 1, 0)
@@ -166,6 +176,9 @@ class SpeculationPolicy:
     @staticmethod
     def _count_decision(state: _ClassState, k: int, best: int) -> None:
         state.decisions += 1
+        if state.repeat is not None:
+            state.repeat = None
+            return
         if best != state.best:  # the choice moved: look around it again soon, first further that way
             state.probe_up = best > state.best
             state.best = best
@@ -173,6 +186,7 @@ class SpeculationPolicy:
             state.probe_interval = _FIRST_PROBE_INTERVAL
             state.next_probe = state.decisions + _FIRST_PROBE_INTERVAL
         elif k != best:  # a probe of a settled choice: the next one waits twice as long
+            state.repeat = k  # two steps: the first may only catch the draft model up
             state.probes += 1
             state.probe_interval = min(2 * state.probe_interval, _MAX_PROBE_INTERVAL)
             state.next_probe = state.decisions + state.probe_interval
@@ -189,12 +203,11 @@ class SpeculationPolicy:
         self._trials = _GLOBAL_DECAY * self._trials + trials
 
     def observe_step(self, plan: StepPlan, seconds: float) -> None:
-        """Fold in the wall period of a decode step that ran `plan`."""
-        if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
+        """Fold in the wall period of a step that ran `plan`."""
+        if self.config.mode != "adaptive" or plan.num_decoding <= 0 or not plan.steady or seconds <= 0:
             return
         periods = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState()).periods
-        anchored = 0 in periods and self.config.num_speculative_tokens in periods
-        estimate = _period(periods, plan.k) if plan.k in periods or anchored else None
+        estimate = _prior_period(periods, plan.k, self.config.num_speculative_tokens)
         if estimate is None or seconds <= estimate:
             periods[plan.k] = seconds
         else:
@@ -203,6 +216,17 @@ class SpeculationPolicy:
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
         """Estimated step seconds per K at this batch size (those measured so far)."""
         return dict(self._classes.get(batch_class(num_decoding), _ClassState()).periods)
+
+
+def _prior_period(periods: dict[int, float], k: int, k_max: int) -> float | None:
+    """What a period of K is expected to be before this one: its estimate; for a K
+    not measured yet, its price on the line; for K_max measured first after plain
+    decoding, K_max + 1 plain steps (what verifying that many tokens per request
+    costs where the target pass is compute-bound, and more than it costs where
+    it is not)."""
+    if k in periods or (0 in periods and k_max in periods):
+        return _period(periods, k)
+    return (1 + k) * periods[0] if 0 in periods else None
 
 
 def _period(periods: dict[int, float], k: int) -> float:

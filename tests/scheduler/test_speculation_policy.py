@@ -8,6 +8,7 @@ from pathlib import Path
 
 from helix import LLM
 from helix.sampling_params import SamplingParams
+from helix.scheduler.outputs import SchedulerOutput
 from helix.scheduler.request import Request
 from helix.scheduler.speculation import (Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class,
                                          expected_tokens)
@@ -45,14 +46,14 @@ def run(spec: SpeculationPolicy, decoding: Decoding, steps: int, step_ms: dict[i
     return chosen
 
 
-def test_k_max_and_plain_are_measured_first_then_ks_that_might_be_best() -> None:
+def test_plain_and_k_max_are_measured_first_then_ks_that_might_be_best() -> None:
     spec = policy()
     chosen = run(spec, batch(1), 12)
     # Between K = 0 (1.3 ms) and K = 4 (2.6 ms), K = 3 is priced on the line at 2.275 ms:
     # E(3) / 2.275 = 1.20 tokens/ms (a = 0.75, the prior) would beat E(4) / 2.6 = 1.17.
     # Its estimate rises from that price towards the measured 2.4 ms, at which it does
     # not; K = 2 on the line (2.03 ms) cannot either.
-    assert chosen[:3] == [4, 0, 3] and set(chosen[3:6]) <= {3, 4} and chosen[6:] == [4] * 6
+    assert chosen[:3] == [0, 4, 3] and set(chosen[3:6]) <= {3, 4} and chosen[6:] == [4] * 6
     assert expected_tokens(0.75, 3) / 2.275 > expected_tokens(0.75, 4) / 2.6 > expected_tokens(0.75, 3) / 2.4
     assert expected_tokens(0.75, 2) / (1.3 + 2 / 3 * 1.1) < expected_tokens(0.75, 4) / 2.6
 
@@ -69,22 +70,29 @@ def test_plain_decoding_where_it_measures_faster_and_speculation_where_it_pays()
 
 
 def test_probes_of_a_settled_choice_grow_sparse() -> None:
+    """A probe runs two steps (the first may only catch the draft model up), and
+    the wait before the next one doubles while plain decoding stays best."""
     spec = policy()
     chosen = run(spec, batch(64), 3000, cost=lambda k: 10.0 * (1 + k))
-    probes = [i for i, k in enumerate(chosen) if i > 1 and k != 0]
-    assert probes and len(probes) <= 8
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    probed = [i for i, k in enumerate(chosen) if i > 1 and k != 0]
+    starts = [i for i in probed if i - 1 not in probed]
+    assert probed == sorted(starts + [i + 1 for i in starts])
+    assert starts and len(starts) <= 8
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps == sorted(gaps) and gaps[-1] >= 512
 
 
 def test_a_stall_does_not_rule_a_k_out() -> None:
-    """K = 4's first step stalls (a kernel compiling: 800 ms), so every K > 0 looks
-    dear and plain decoding wins; probes then measure K = 1, 2, 3 and 4 at their
-    usual cost, one after the other, and K = 4 takes over."""
+    """K = 4's first step stalls (a kernel compiling: 800 ms). It counts as little
+    more than five plain steps, which still makes every K > 0 look dear, so plain
+    decoding wins; probes then measure K = 1, 2, 3 and 4 at their usual cost, one
+    after the other, and K = 4 takes over."""
     spec = policy()
+    assert run(spec, batch(1), 1) == [0]
     run(spec, batch(1), 1, step_ms={4: 800.0})
+    assert spec.step_seconds(1)[4] < 10 * small_batch_ms(0) / 1e3
     chosen = run(spec, batch(1), 120)
-    assert chosen[:15] == [0] * 15
+    assert chosen[:14] == [0] * 14
     assert chosen[-20:].count(4) >= 18  # and the odd probe of K = 3
 
 
@@ -155,4 +163,36 @@ def test_speculation_must_beat_plain_decoding_by_a_margin() -> None:
     keeps the steps."""
     spec = policy()
     chosen = run(spec, batch(1), 60, cost=lambda k: 1.0 if k == 0 else expected_tokens(0.75, k) / 1.05)
-    assert chosen[:2] == [4, 0] and chosen[-40:].count(0) >= 37
+    assert chosen[:2] == [0, 4] and chosen[-40:].count(0) >= 37
+
+
+def test_steps_without_a_decoding_request_are_not_measured(tiny_model_dirs: dict[str, Path]) -> None:
+    """Scheduled ahead, a step can be empty (its only request ends in the step in
+    flight): its near-zero period would make plain decoding look free."""
+    model = str(tiny_model_dirs["llama"])
+    scheduler = LLM(model, draft_model=model, num_kv_blocks=64, block_size=4).engine.scheduler
+    scheduler.observe_step_period(SchedulerOutput([], spec_plan=StepPlan(1, 0)), 1e-6)
+    assert scheduler.speculation.step_seconds(1) == {}
+
+
+def test_a_probe_after_plain_steps_is_measured_once_the_draft_caught_up(tiny_model_dirs: dict[str, Path]) -> None:
+    model = str(tiny_model_dirs["llama"])
+    llm = LLM(model, draft_model=model, num_kv_blocks=128, block_size=4)
+    scheduler = llm.engine.scheduler
+    for k in range(K_MAX + 1):  # plain decoding measured far cheaper: the draft model falls behind
+        scheduler.speculation.observe_step(StepPlan(1, k), 1e-3 if k == 0 else 1e3)
+    plans = []
+    schedule = scheduler.schedule
+
+    def keeping(*args: object, **kwargs: object) -> SchedulerOutput:
+        output = schedule(*args, **kwargs)
+        plans.append(output.spec_plan)
+        return output
+
+    scheduler.schedule = keeping  # type: ignore[method-assign]
+    llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
+    probes = [i for i, plan in enumerate(plans) if plan is not None and plan.k]
+    assert probes, plans
+    first = probes[0]
+    assert plans[first].steady is False  # it caught the draft model up over the plain steps before it
+    assert plans[first + 1].k == plans[first].k and plans[first + 1].steady
