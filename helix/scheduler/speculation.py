@@ -36,6 +36,7 @@ only on the request, never on the batch or the clock.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from helix.scheduler.request import Request
@@ -53,12 +54,12 @@ _GLOBAL_DECAY = 0.99   # per-verify decay of the engine-wide counts
 _RISE_SMOOTHING = 0.2
 _MAX_RISE = 2.0
 _FIRST_PROBE_INTERVAL = 16
+_MAX_PROBE_INTERVAL = 1024
 # Speculation must promise this much more than plain decoding. A speculative step
 # cannot have the next step scheduled ahead of it, and the step after it pays
 # for restarting that overlap in its own period; the margin covers that, and
 # noise, near the break-even point.
 _SPECULATION_MARGIN = 1.1
-_MAX_PROBE_INTERVAL = 1024
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,6 @@ class SpeculationConfig:
     @property
     def enabled(self) -> bool:
         return self.method is not None and self.num_speculative_tokens > 0
-
-
-def expected_tokens(acceptance: float, k: int) -> float:
-    """E(K) = (1 - a^(K+1)) / (1 - a): mean tokens emitted by one verify of K drafts."""
-    if acceptance >= 1.0:
-        return float(k + 1)
-    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
 
 
 def batch_class(num_decoding: int) -> int:
@@ -161,9 +155,9 @@ class SpeculationPolicy:
         for anchor in (0, k_max):
             if anchor not in state.periods:
                 return anchor, anchor
-        acceptance = [(self.acceptance_rate(request), limit) for request, limit in decoding]
-        rates = [sum(expected_tokens(a, min(k, limit)) for a, limit in acceptance) / _period(state.periods, k)
-                 / (_SPECULATION_MARGIN if k else 1.0) for k in range(k_max + 1)]
+        tokens = self._expected_batch_tokens(decoding)
+        rates = [tokens[k] / _period(state.periods, k) / (_SPECULATION_MARGIN if k else 1.0)
+                 for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
         if state.repeat is not None:
             return state.repeat, best
@@ -172,6 +166,20 @@ class SpeculationPolicy:
         order = (best + 1, best - 1, 0) if state.probe_up else (best - 1, best + 1, 0)
         candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
         return candidates[state.probes % len(candidates)], best
+
+    def _expected_batch_tokens(self, decoding: Decoding) -> list[float]:
+        """[K]: sum over the requests of E(a_i, min(K, limit_i)), for K in [0, K_max].
+        E(a, K) sums a^j for j <= K, so the batch's terms are summed per power
+        once and the result is their running sum (runs every step, per request)."""
+        k_max = self.config.num_speculative_tokens
+        per_power = [0.0] * (k_max + 1)  # [j]: sum of a_i^j over requests that may draft j tokens
+        for request, limit in decoding:
+            a = self.acceptance_rate(request)
+            term = 1.0
+            for j in range(max(0, min(k_max, limit)) + 1):
+                per_power[j] += term
+                term *= a
+        return list(itertools.accumulate(per_power))
 
     @staticmethod
     def _count_decision(state: _ClassState, k: int, best: int) -> None:

@@ -10,10 +10,14 @@ from helix import LLM
 from helix.sampling_params import SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
 from helix.scheduler.request import Request
-from helix.scheduler.speculation import (Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class,
-                                         expected_tokens)
+from helix.scheduler.speculation import Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class
 
 K_MAX = 4
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens one verify of K drafts emits on average: (1 - a^(K+1)) / (1 - a)."""
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
 
 
 def request(name: str = "r", seed: int | None = None) -> Request:
@@ -196,3 +200,17 @@ def test_a_probe_after_plain_steps_is_measured_once_the_draft_caught_up(tiny_mod
     first = probes[0]
     assert plans[first].steady is False  # it caught the draft model up over the plain steps before it
     assert plans[first + 1].k == plans[first].k and plans[first + 1].steady
+
+
+def test_batch_tokens_sum_each_requests_expected_tokens_within_its_limit() -> None:
+    spec = policy()
+    spec.observe(request("old"), 4, 2)
+    decoding = []
+    for i, (accepted, trials, limit) in enumerate([(0, 0, 100), (3, 4, 2), (1, 5, 0), (6, 6, 1), (0, 9, 100)]):
+        item = request(f"r{i}")
+        item.spec_accepted_ema, item.spec_trials_ema = accepted, trials
+        decoding.append((item, limit))
+    tokens = spec._expected_batch_tokens(decoding)
+    for k in range(K_MAX + 1):
+        want = sum(expected_tokens(spec.acceptance_rate(item), min(k, limit)) for item, limit in decoding)
+        assert abs(tokens[k] - want) < 1e-9
