@@ -7,7 +7,7 @@ streams, HTTP and SSE. Offline (`LLM.generate`) and served (`helix serve`'s
 app in a child process, driven by the load client) run the same requests.
 A GPU run whose throughput nears these figures is host-bound.
 
-    PYTHONPATH=. python3 benchmarks/host_ceiling.py [--requests 256] [--output-len 256]
+    PYTHONPATH=. python3 benchmarks/host_ceiling.py [--requests 256] [--output-len 256] [--engine-process]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 from benchmarks.suite import helix_offline, served
 from helix import LLM, SamplingParams
-from helix.engine import AsyncEngine
+from helix.engine import AsyncEngine, EngineStreams
+from helix.engine_core import EngineCore
+from helix.engine_process import EngineProcess
 from helix.engine_args import embedded_model_path
 from helix.scheduler.outputs import ModelOutput, SchedulerOutput
 
@@ -35,6 +37,10 @@ def stub_launch(step: SchedulerOutput) -> Callable[[], ModelOutput]:
     """The runner's contract without a model: one token for every request that samples."""
     output = ModelOutput(sampled={item.request.request_id: [_STUB_TOKEN] for item in step.scheduled if item.samples})
     return lambda: output
+
+
+def install_stub(core: EngineCore) -> None:
+    core.runner.launch = stub_launch
 
 
 def engine_options(max_num_seqs: int) -> dict[str, Any]:
@@ -51,18 +57,24 @@ def offline(prompts: list[list[int]], output_len: int) -> float:
     return len(prompts) * output_len / (time.perf_counter() - started)
 
 
-async def serve_stub(port: int, max_num_seqs: int) -> None:
+async def serve_stub(port: int, max_num_seqs: int, engine_process: bool) -> None:
     from helix.frontend.server import serve
     from helix.frontend.state import ServerConfig
 
-    engine = AsyncEngine(embedded_model_path("target"), **engine_options(max_num_seqs))
-    engine.core.runner.launch = stub_launch
+    engine: EngineStreams
+    if engine_process:
+        engine = EngineProcess(embedded_model_path("target"), core_hook=install_stub, **engine_options(max_num_seqs))
+    else:
+        engine = AsyncEngine(embedded_model_path("target"), **engine_options(max_num_seqs))
+        install_stub(engine.core)
     await serve(engine, ServerConfig(served_model_name="stub"), "127.0.0.1", port, log_interval_s=0.0)
 
 
-def served_rate(prompts: list[list[int]], output_len: int) -> dict[str, Any]:
+def served_rate(prompts: list[list[int]], output_len: int, engine_process: bool = False) -> dict[str, Any]:
     port = served.free_port()
     command = [sys.executable, __file__, "--serve", str(port), "--requests", str(len(prompts))]
+    if engine_process:
+        command.append("--engine-process")
     with served.ServerProcess(command, port) as server, tempfile.TemporaryDirectory() as work:
         dataset = Path(work) / "prompts.jsonl"
         served.write_prompts(prompts, output_len, dataset)
@@ -73,20 +85,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--engine-process", action="store_true", help="Serve with the engine core in a child process.")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.serve is not None:
         try:  # as `helix serve` runs
             import uvloop
         except ImportError:
-            asyncio.run(serve_stub(args.serve, args.requests))
+            asyncio.run(serve_stub(args.serve, args.requests, args.engine_process))
         else:
-            uvloop.run(serve_stub(args.serve, args.requests))
+            uvloop.run(serve_stub(args.serve, args.requests, args.engine_process))
         return
     prompts = helix_offline.throughput_requests(args.requests, 128, 512, 4096)
     offline_tok_s = offline(prompts, args.output_len)
-    result = served_rate(prompts, args.output_len)
-    print(json.dumps({"requests": args.requests, "output_len": args.output_len,
+    result = served_rate(prompts, args.output_len, args.engine_process)
+    print(json.dumps({"requests": args.requests, "output_len": args.output_len, "engine_process": args.engine_process,
                       "offline_tok_s": round(offline_tok_s), "served_tok_s": round(result["output_throughput"]),
                       "served_median_tpot_ms": round(result["median_tpot_ms"], 2)}))
 

@@ -110,6 +110,9 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="Seconds between status log lines, written only when something happened; "
                              "0 turns them off (default: %(default)s).")
+    server.add_argument("--engine-process", action="store_true",
+                        help="Run the engine core in a child process, so its steps and the HTTP server do not "
+                             "share one interpreter lock (faster when many streams are busy).")
     server.add_argument("--benchmark-mode", action="store_true",
                         help="Allow benchmark-only engine options (--spec-synthetic-acceptance), whose outputs "
                              "are not the model's.")
@@ -135,16 +138,18 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     config = ServerConfig(served_model_name=args.served_model_name or args.model or EMBEDDED_MODEL_NAME,
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                           chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes)
-    return _run_async(_serve(engine_kwargs(args), config, args.host, args.port, args.log_interval,
-                             args.shutdown_timeout))
+    return _run_async(_serve(engine_kwargs(args), args.engine_process, config, args.host, args.port,
+                             args.log_interval, args.shutdown_timeout))
 
 
-async def _serve(kwargs: dict[str, Any], config: Any, host: str, port: int, log_interval_s: float,
-                 shutdown_timeout_s: float) -> int:
+async def _serve(kwargs: dict[str, Any], engine_process: bool, config: Any, host: str, port: int,
+                 log_interval_s: float, shutdown_timeout_s: float) -> int:
     from helix.engine import AsyncEngine
+    from helix.engine_process import EngineProcess
     from helix.frontend.server import serve
 
-    return await serve(AsyncEngine(**kwargs), config, host, port, log_interval_s, shutdown_timeout_s)
+    engine = EngineProcess(**kwargs) if engine_process else AsyncEngine(**kwargs)
+    return await serve(engine, config, host, port, log_interval_s, shutdown_timeout_s)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:

@@ -1,6 +1,8 @@
 """AsyncEngine: per-request async streams over one EngineCore.
 
-Steps run back to back on one step thread, which owns the EngineCore, so the
+`EngineStreams` is the part every front shares: tokenizing, checking a request
+against the engine's limits, one stream per request, failing them all when
+the engine dies. `AsyncEngine` runs the core in this process. Steps run back to back on one step thread, which owns the EngineCore, so the
 event loop (and the HTTP server on it) keeps answering while the model runs,
 and the next step does not wait for the loop to hand out the last one's
 outputs. Each step's outputs reach the loop in one thread-safe call; a stream
@@ -24,6 +26,7 @@ from helix.engine_args import EngineArgs
 from helix.engine_core import EngineCore, prompt_token_ids
 from helix.output_stream import OutputStream
 from helix.outputs import RequestOutput
+from helix.request_limits import RequestLimits
 from helix.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -38,30 +41,23 @@ class RequestFailedError(RuntimeError):
     carries on serving the others."""
 
 
-class AsyncEngine:
-    def __init__(self, model: str | None = None, **kwargs: Any):
-        args = EngineArgs.from_kwargs(model=model, **kwargs)
-        self._step_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="helix-step")
-        # Built on the thread that runs its steps: on CPU, torch's OpenMP pool of the
-        # building thread otherwise competes with the step thread's (3.5x slower steps
-        # on 2 cores).
-        try:
-            self.core = self._step_thread.submit(EngineCore, args).result()
-        except BaseException:
-            self._step_thread.shutdown(wait=False)
-            raise
+class EngineStreams:
+    """Per-request async streams over an engine that runs elsewhere (a thread, a
+    process). Subclasses hand requests to it (`_submit`, `_cancel`) and its
+    outputs back in (`_deliver`, on the event loop), and `_die` when it fails."""
+
+    def __init__(self, tokenizer: Any, limits: RequestLimits):
+        self._tokenizer = tokenizer
+        self.limits = limits
         self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="helix-tokenize")
         self._streams: dict[str, OutputStream] = {}
-        self._has_work = threading.Event()  # set when requests are added or aborted
-        self._stopping = threading.Event()
-        self._steps: Future[None] | None = None  # the step loop, running on the step thread
         self._ids = itertools.count()
         self.dead_error: BaseException | None = None
-        self.died = asyncio.Event()  # set once the step loop has failed
+        self.died = asyncio.Event()  # set once the engine has failed
 
     @property
     def tokenizer(self) -> Any:
-        return self.core.tokenizer
+        return self._tokenizer
 
     @property
     def is_running(self) -> bool:
@@ -86,11 +82,11 @@ class AsyncEngine:
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         token_ids = await self.tokenize(prompt)
-        stream = OutputStream()
-        self.core.add_request(request_id, token_ids, params, prompt=prompt if isinstance(prompt, str) else None,
-                              priority=priority, cache_salt=cache_salt)
+        self.limits.check(token_ids, params)
+        self._submit(request_id, token_ids, params, prompt if isinstance(prompt, str) else None, priority,
+                     cache_salt)
+        stream = OutputStream()  # outputs reach it on this loop, so none can come before this
         self._streams[request_id] = stream
-        self._wake()
         finished = False
         try:
             while not finished:
@@ -102,12 +98,60 @@ class AsyncEngine:
         finally:
             self._streams.pop(request_id, None)
             if not finished:
-                self.core.abort(request_id)
-                self._wake()
+                self._cancel(request_id)
 
     async def abort(self, request_id: str) -> None:
-        self.core.abort(request_id)
-        self._wake()
+        self._cancel(request_id)
+
+    def stats(self) -> dict[str, float | int]:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _submit(self, request_id: str, token_ids: list[int], params: SamplingParams, prompt: str | None,
+                priority: int, cache_salt: str | None) -> None:
+        raise NotImplementedError
+
+    def _cancel(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put(output)
+
+    def _die(self, error: BaseException) -> None:
+        self.dead_error = error
+        self.died.set()
+        dead = EngineDeadError(f"engine step failed: {type(error).__name__}: {error}")
+        for stream in self._streams.values():
+            stream.fail(dead)
+
+    def _raise_if_dead(self) -> None:
+        if self.dead_error is not None:
+            raise EngineDeadError(f"engine is dead: {self.dead_error}")
+
+
+class AsyncEngine(EngineStreams):
+    """The engine core on a step thread of this process."""
+
+    def __init__(self, model: str | None = None, **kwargs: Any):
+        args = EngineArgs.from_kwargs(model=model, **kwargs)
+        self._step_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="helix-step")
+        # Built on the thread that runs its steps: on CPU, torch's OpenMP pool of the
+        # building thread otherwise competes with the step thread's (3.5x slower steps
+        # on 2 cores).
+        try:
+            self.core = self._step_thread.submit(EngineCore, args).result()
+        except BaseException:
+            self._step_thread.shutdown(wait=False)
+            raise
+        super().__init__(self.core.tokenizer, self.core.limits)
+        self._has_work = threading.Event()  # set when requests are added or aborted
+        self._stopping = threading.Event()
+        self._steps: Future[None] | None = None  # the step loop, running on the step thread
 
     def stats(self) -> dict[str, float | int]:
         return self.core.stats()
@@ -117,6 +161,15 @@ class AsyncEngine:
         self._has_work.set()
         self._step_thread.shutdown(wait=True)
         self._tokenize_pool.shutdown(wait=True)
+
+    def _submit(self, request_id: str, token_ids: list[int], params: SamplingParams, prompt: str | None,
+                priority: int, cache_salt: str | None) -> None:
+        self.core.add_request(request_id, token_ids, params, prompt=prompt, priority=priority, cache_salt=cache_salt)
+        self._wake()
+
+    def _cancel(self, request_id: str) -> None:
+        self.core.abort(request_id)
+        self._wake()
 
     # -- the step loop ------------------------------------------------------------
     def _wake(self) -> None:
@@ -139,20 +192,3 @@ class AsyncEngine:
                 return
             if outputs:
                 loop.call_soon_threadsafe(self._deliver, outputs)
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is not None:
-                stream.put(output)
-
-    def _die(self, error: BaseException) -> None:
-        self.dead_error = error
-        self.died.set()
-        dead = EngineDeadError(f"engine step failed: {type(error).__name__}: {error}")
-        for stream in self._streams.values():
-            stream.fail(dead)
-
-    def _raise_if_dead(self) -> None:
-        if self.dead_error is not None:
-            raise EngineDeadError(f"engine is dead: {self.dead_error}")

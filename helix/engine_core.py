@@ -22,6 +22,7 @@ from helix.block_manager.kv_cache_manager import KVCacheManager
 from helix.engine_args import EngineArgs
 from helix.output_processor import OutputProcessor, child_request_id
 from helix.outputs import RequestOutput
+from helix.request_limits import RequestLimits
 from helix.sampling_params import SamplingParams
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import ModelOutput, RequestUpdate, SchedulerOutput
@@ -52,7 +53,7 @@ class EngineCore:
         self.dtype = resolve_dtype(args.dtype, self.device)
         source = model_source(args.target_path, args.load_format)
         self.arch = ArchConfig.from_hf(source.hf_config)
-        self.tokenizer = _load_tokenizer(source.directory)
+        self.tokenizer = load_tokenizer(source.directory)
         self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
         self.max_model_len = _max_model_len(args.max_model_len, self.arch)
         model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
@@ -79,6 +80,9 @@ class EngineCore:
         self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),
                                    has_draft_cache=draft is not None)
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler.finish, stream_outputs)
+        self.limits = RequestLimits(self.arch.vocab_size, self.max_model_len, args.block_size,
+                                    self.scheduler.usable_blocks)
+        self.tokenizer_dir = source.directory  # where the tokenizer was loaded from (None: no tokenizer)
         self._pending: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.async_scheduling = (self.device.type == "cuda" if args.async_scheduling is None
                                  else args.async_scheduling)
@@ -135,14 +139,7 @@ class EngineCore:
     def make_requests(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                       priority: int = 0, cache_salt: str | None = None) -> list[Request]:
         """Validate one request and expand it into its n child requests."""
-        if not prompt_token_ids:
-            raise ValueError("prompt: must contain at least one token")
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.arch.vocab_size]
-        if bad:
-            raise ValueError(f"prompt: token ids {bad[:5]} are outside the vocabulary [0, {self.arch.vocab_size})")
-        params.check_token_ids(self.arch.vocab_size)
-        if params.max_tokens is None:
-            params = replace(params, max_tokens=max(1, self.max_model_len - len(prompt_token_ids)))
+        params = self.limits.check(prompt_token_ids, params)
         children = []
         for index in range(params.n):
             seed = None if params.seed is None else params.seed + index
@@ -150,7 +147,6 @@ class EngineCore:
             child = Request(child_request_id(request_id, index, params.n), list(prompt_token_ids), child_params,
                             eos_token_ids=self.eos_token_ids, priority=priority, cache_salt=cache_salt,
                             prefix_leader=children[0] if children else None)
-            self.scheduler.check_feasible(child)
             children.append(child)
         return children
 
@@ -359,7 +355,7 @@ def _wait_discarding(launched: _LaunchedStep) -> None:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(directory: Path | None) -> Any:
+def load_tokenizer(directory: Path | None) -> Any:
     """The directory's tokenizer, or None where it has none (prompts are then token ids)."""
     if directory is None or not any((directory / name).is_file() for name in _TOKENIZER_FILES):
         logger.info("no tokenizer files in %s: prompts must be token ids and outputs have no text", directory)
@@ -398,4 +394,4 @@ def prompt_token_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
     return list(prompt)
 
 
-__all__ = ["EngineCore", "prompt_token_ids"]
+__all__ = ["EngineCore", "load_tokenizer", "prompt_token_ids"]

@@ -61,8 +61,8 @@ def prepare(state: ServerState, request_id: str, prompts: list[PreparedPrompt], 
             priority: int = 0, cache_salt: str | None = None) -> Generation:
     """Run the engine's admission checks (vocabulary, max_model_len, KV capacity) on
     every prompt before any is started, so a bad prompt fails the whole request cleanly."""
-    for index, prompt in enumerate(prompts):
-        state.engine.core.make_requests(f"{request_id}-{index}", prompt.token_ids, params, priority, cache_salt)
+    for prompt in prompts:
+        state.engine.limits.check(prompt.token_ids, params)
     return Generation(request_id, prompts, params, priority, cache_salt)
 
 

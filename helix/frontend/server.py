@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from helix.engine import AsyncEngine
+from helix.engine import EngineStreams
 from helix.frontend import openapi, routes_chat, routes_completions, routes_misc, routes_tokens
 from helix.frontend.auth import auth_middleware
 from helix.frontend.errors import error_middleware
@@ -32,7 +32,7 @@ ENDPOINTS: list[Endpoint] = [*routes_completions.ENDPOINTS, *routes_chat.ENDPOIN
                              *routes_misc.ENDPOINTS, *openapi.ENDPOINTS]
 
 
-def build_app(engine: AsyncEngine, config: ServerConfig) -> web.Application:
+def build_app(engine: EngineStreams, config: ServerConfig) -> web.Application:
     """The engine is not owned by the app: closing the app leaves it running."""
     middlewares: list[Middleware] = [error_middleware]
     if config.api_key:
@@ -51,7 +51,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, handler_cancellation=True, shutdown_timeout=_CLEANUP_GRACE_S)
 
 
-async def serve(engine: AsyncEngine, config: ServerConfig, host: str, port: int, log_interval_s: float,
+async def serve(engine: EngineStreams, config: ServerConfig, host: str, port: int, log_interval_s: float,
                 shutdown_timeout_s: float = 30.0) -> int:
     """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully:
     refuse new requests with 503, give in-flight ones `shutdown_timeout_s` to

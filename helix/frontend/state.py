@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from helix.engine import AsyncEngine
+from helix.engine import EngineStreams
 from helix.frontend.chat_template import ChatTemplate
 from helix.frontend.errors import APIError, bad_request, service_unavailable
 from helix.frontend.logprobs import TokenText
@@ -31,14 +31,14 @@ class ServerConfig:
 
 
 class ServerState:
-    def __init__(self, engine: AsyncEngine, config: ServerConfig):
+    def __init__(self, engine: EngineStreams, config: ServerConfig):
         self.engine = engine
         self.config = config
         self.tokenizer = engine.tokenizer
         self.token_text = TokenText(self.tokenizer)
         self.chat_template = ChatTemplate.resolve(self.tokenizer, config.chat_template_file)
-        self.max_model_len: int = engine.core.max_model_len
-        self.vocab_size: int = engine.core.arch.vocab_size
+        self.max_model_len: int = engine.limits.max_model_len
+        self.vocab_size: int = engine.limits.vocab_size
         self.created = int(time.time())
         self.in_flight = 0  # generation requests admitted and not yet finished
         self.draining = False  # shutting down: admit nothing new, let in-flight requests finish

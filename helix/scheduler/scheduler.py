@@ -28,16 +28,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from helix.block_manager.block_table import blocks_for_tokens
+from helix.request_limits import check_fits
 from helix.block_manager.kv_cache_manager import KVCacheManager
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import ModelOutput, RequestUpdate, ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request, RequestStatus
 from helix.scheduler.speculation import Decoding, SpecCounters, SpeculationPolicy, StepPlan
-
-
-class InfeasibleRequestError(ValueError):
-    pass
 
 
 @dataclass
@@ -77,16 +73,13 @@ class Scheduler:
 
     def check_feasible(self, request: Request) -> None:
         """Refuse requests that could never finish, instead of letting them wait forever."""
-        total = request.num_prompt_tokens + request.max_tokens
-        if total > self.config.max_model_len:
-            raise InfeasibleRequestError(
-                f"prompt ({request.num_prompt_tokens} tokens) + max_tokens ({request.max_tokens}) = {total} "
-                f"exceeds max_model_len ({self.config.max_model_len})")
-        needed = blocks_for_tokens(total, self.kv.block_size)
-        if needed > self.kv.num_gpu_blocks - self.kv.watermark_blocks:
-            raise InfeasibleRequestError(
-                f"request needs {needed} KV blocks for {total} tokens but the cache has "
-                f"{self.kv.num_gpu_blocks - self.kv.watermark_blocks} usable blocks")
+        check_fits(request.num_prompt_tokens, request.max_tokens, self.config.max_model_len, self.kv.block_size,
+                   self.usable_blocks)
+
+    @property
+    def usable_blocks(self) -> int:
+        """KV blocks one request may hold: the cache less its watermark."""
+        return self.kv.num_gpu_blocks - self.kv.watermark_blocks
 
     def abort(self, request_id: str) -> Request | None:
         request = self.requests.get(request_id)

@@ -13,3 +13,11 @@ def test_offline_and_served_ceilings_run_to_completion() -> None:
     assert host_ceiling.offline(prompts, 5) > 0
     result = host_ceiling.served_rate(prompts, 5)
     assert result["completed"] == 6 and result["total_output_tokens"] == 30
+
+
+def test_the_served_ceiling_runs_with_the_engine_in_a_child_process() -> None:
+    """The stub reaches the engine process through its core hook: every request
+    still gets exactly its tokens."""
+    prompts = helix_offline.throughput_requests(4, 8, 24, 4096)
+    result = host_ceiling.served_rate(prompts, 5, engine_process=True)
+    assert result["completed"] == 4 and result["total_output_tokens"] == 20

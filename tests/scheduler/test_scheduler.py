@@ -23,7 +23,8 @@ from helix.sampling_params import SamplingParams
 from helix.scheduler.config import SchedulerConfig
 from helix.scheduler.outputs import ModelOutput, RequestUpdate, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request, RequestStatus
-from helix.scheduler.scheduler import InfeasibleRequestError, Scheduler
+from helix.request_limits import InfeasibleRequestError
+from helix.scheduler.scheduler import Scheduler
 
 BLOCK = 4
 EOS = 2
