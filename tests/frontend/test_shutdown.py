@@ -64,8 +64,9 @@ async def stream_completion(http: aiohttp.ClientSession, base: str, max_tokens: 
     return finish_reason, done
 
 
-# (shutdown timeout, n): a short request finishes within a long timeout; eight
-# 480-token completions (several seconds of work here) cannot finish in 0.3 s.
+# (shutdown timeout, n): a 480-token completion finishes within a long timeout
+# (and is still running 0.1 s after the signal, when a new request must get 503);
+# eight of them (several seconds of work here) cannot finish in 0.3 s.
 @pytest.mark.parametrize("shutdown_timeout, n, finishes", [(60.0, 1, True), (0.3, 8, False)])
 async def test_sigterm_drains_then_exits_zero(tiny_model_dirs: dict[str, Path], shutdown_timeout: float, n: int,
                                               finishes: bool) -> None:
@@ -76,7 +77,7 @@ async def test_sigterm_drains_then_exits_zero(tiny_model_dirs: dict[str, Path], 
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, process)
             first_chunk = asyncio.Event()
-            in_flight = asyncio.create_task(stream_completion(http, base, 480 if n > 1 else 100, n, first_chunk))
+            in_flight = asyncio.create_task(stream_completion(http, base, 480, n, first_chunk))
             await asyncio.wait_for(first_chunk.wait(), 60)
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.1)
