@@ -4,8 +4,9 @@ Builds an engine like `helix serve`'s (by default target A with draft A and
 synthetic acceptance 0.7, adaptive K), serves requests one at a time (prompts
 of 128-512 tokens, as the served benchmark sends), times every engine step,
 and lists the slow ones with the shape of what they launched (sequences,
-longest query span, K, how far the draft model lagged) and the Triton kernels
-compiled meanwhile (from Triton's JIT cache hook, where this Triton has one).
+longest query span, K, how far the draft model lagged), the Triton kernels
+compiled meanwhile (from Triton's JIT cache hook, where this Triton has one)
+and the time full garbage collections took in them.
 At the end: the adaptive policy's step-period estimates for one request.
 
     PYTHONPATH=. python3 benchmarks/first_use_stalls.py [--model tinyllama-1.1b] [--draft llama-68m]
@@ -15,6 +16,7 @@ At the end: the adaptive policy's step-period estimates for one request.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,6 +31,7 @@ class StepRecord:
     milliseconds: float
     launched: list[tuple[int, int, int, int]]  # per launch: (sequences, longest span, K, longest draft lag)
     compiled: list[str] = field(default_factory=list)
+    collecting_ms: float = 0.0  # full (generation 2) garbage collections during the step
 
 
 def shape(step: SchedulerOutput) -> tuple[int, int, int, int]:
@@ -58,6 +61,22 @@ def record_compiles(into: list[str]) -> Callable[[], None]:
     return undo
 
 
+def record_full_collections(into: list[float]) -> Callable[[], None]:
+    """Append the milliseconds of every full garbage collection to `into`; returns the undo."""
+    started: list[float] = []
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            into.append((time.perf_counter() - started[0]) * 1e3)
+
+    gc.callbacks.append(on_collection)
+    return lambda: gc.callbacks.remove(on_collection)
+
+
 def serve_one_at_a_time(llm: LLM, prompts: list[list[int]], output_len: int) -> list[StepRecord]:
     engine = llm.engine
     launches: list[tuple[int, int, int, int]] = []
@@ -69,20 +88,23 @@ def serve_one_at_a_time(llm: LLM, prompts: list[list[int]], output_len: int) -> 
         return launch(step)
 
     engine.runner.launch = recording
-    undo = record_compiles(compiles)
+    collections: list[float] = []
+    undo_compiles = record_compiles(compiles)
+    undo_collections = record_full_collections(collections)
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     records = []
     try:
         for index, prompt in enumerate(prompts):
             engine.add_request(f"probe-{index}", prompt, params)
             while engine.has_unfinished():
-                launched, compiled = len(launches), len(compiles)
+                launched, compiled, collected = len(launches), len(compiles), len(collections)
                 started = time.perf_counter()
                 engine.step()
                 records.append(StepRecord((time.perf_counter() - started) * 1e3, launches[launched:],
-                                          compiles[compiled:]))
+                                          compiles[compiled:], sum(collections[collected:])))
     finally:
-        undo()
+        undo_compiles()
+        undo_collections()
         engine.runner.launch = launch
     return records
 
@@ -111,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
           f"({sum(r.milliseconds for r in slow) / 1e3:.2f} s); kernels compiled: "
           f"{sum(len(r.compiled) for r in records)}")
     for record in slow:
-        print(f"{record.milliseconds:8.1f} ms  launched (seqs, span, K, draft lag): {record.launched}")
+        collecting = f", {record.collecting_ms:.0f} ms collecting garbage" if record.collecting_ms else ""
+        print(f"{record.milliseconds:8.1f} ms  launched (seqs, span, K, draft lag): {record.launched}{collecting}")
         for name in record.compiled:
             print(f"           compiled {name}")
     speculation = llm.engine.scheduler.speculation

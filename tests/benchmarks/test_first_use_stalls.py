@@ -3,6 +3,7 @@ and records what each step launched."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from benchmarks import first_use_stalls
@@ -20,3 +21,13 @@ def test_every_step_is_timed_with_what_it_launched(tiny_model_dirs: dict[str, Pa
     assert [shape for shape in launched if shape[1] > 1 + shape[2]] == [(1, 5, 0, 5), (1, 3, 0, 3)]
     assert all(shape[0] == 1 for shape in launched if shape[0])
     assert llm.stats()["generation_tokens"] == 12 and not llm.engine.has_unfinished()
+
+
+def test_full_collections_are_timed() -> None:
+    pauses: list[float] = []
+    undo = first_use_stalls.record_full_collections(pauses)
+    gc.collect(1)
+    gc.collect()
+    undo()
+    gc.collect()
+    assert len(pauses) == 1 and pauses[0] >= 0

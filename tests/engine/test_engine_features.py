@@ -3,8 +3,10 @@ stop strings, logprobs and prompt logprobs."""
 
 from __future__ import annotations
 
+import gc
 import math
 import random
+import weakref
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,14 @@ def test_text_prompts_are_tokenized(llm: LLM) -> None:
     output = llm.generate("The quick brown fox", SamplingParams(temperature=0.0, max_tokens=3), use_tqdm=False)[0]
     assert output.prompt == "The quick brown fox"
     assert output.prompt_token_ids == llm.tokenizer.encode("The quick brown fox")
+
+
+def test_the_engine_freezes_what_it_built_out_of_the_collector(tiny_model_dirs: dict[str, Path]) -> None:
+    """A full garbage collection in a step would otherwise walk every module and
+    tokenizer object built at start-up; frozen, they are still freed by refcount."""
+    before = gc.get_freeze_count()
+    llm = LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=64, block_size=4)
+    assert gc.get_freeze_count() > before
+    model = weakref.ref(llm.engine.runner.model)
+    del llm
+    assert model() is None
