@@ -1,16 +1,17 @@
-"""AsyncEngine: per-request async streams over one EngineCore.
+"""Per-request async streams over one EngineCore.
 
 `EngineStreams` is the part every front shares: tokenizing, checking a request
-against the engine's limits, one stream per request, failing them all when
-the engine dies. `AsyncEngine` runs the core in this process. Steps run back to back on one step thread, which owns the EngineCore, so the
-event loop (and the HTTP server on it) keeps answering while the model runs,
-and the next step does not wait for the loop to hand out the last one's
-outputs. Each step's outputs reach the loop in one thread-safe call; a stream
-whose consumer has not read its last output yet merges the new one into it,
-so a busy loop writes several steps' tokens at once instead of falling
-behind. Tokenization runs on a separate small pool. A request's stream ends
-when it finishes, errors or is aborted; a consumer that stops iterating (a
-client that disconnected) aborts its request, which frees its blocks.
+against the engine's limits, one stream per request, failing them all when the
+engine dies. `AsyncEngine` runs the core in this process: steps run back to
+back on one step thread, which owns the EngineCore, so the event loop (and the
+HTTP server on it) keeps answering while the model runs, and the next step
+does not wait for the loop to hand out the last one's outputs. Each step's
+outputs reach the loop in one thread-safe call; a stream whose consumer has
+not read its last output yet merges the new one into it, so a busy loop writes
+several steps' tokens at once instead of falling behind. Tokenization runs on
+a separate small pool. A request's stream ends when it finishes, errors or is
+aborted; a consumer that stops iterating (a client that disconnected) aborts
+its request, which frees its blocks.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class EngineArgs:
     draft_model: str | None = _option(None, "Draft model for speculative decoding (same vocabulary as the model).")
     num_speculative_tokens: int = _option(4, "Most draft tokens verified per step (K).")
     speculative_method: str | None = _option(None, "draft | ngram (prompt lookup, no draft model); default: draft when a draft model is given.")
-    speculation_mode: str = _option("adaptive", "adaptive (K per step from acceptance and load) | fixed (always K).")
+    speculation_mode: str = _option("adaptive", "adaptive (K per step from acceptance and measured step times) | fixed (always K).")
     spec_synthetic_acceptance: float | None = _option(
         None, "Benchmark only: accept each draft token by a seeded coin of this probability instead of by the "
               "target's distribution; every draft and verify pass still runs, but the output is not the model's. "

@@ -3,12 +3,12 @@
 With per-token acceptance rate a, proposing K drafts yields on average
 E(K) = (1 - a^(K+1)) / (1 - a) tokens per verify. What a step costs is
 measured rather than modelled: the engine reports the wall period of each
-step with decoding requests (`observe_step`), and the policy keeps one estimate per (batch-size
-class, K), the class being the number of decoding requests rounded to a power
-of two. In adaptive mode a step takes the K in [0, K_max] with the most
-expected tokens per second, sum_i E(a_i, K) / T(class, K), where a_i is each
-request's decayed acceptance; K = 0 is plain decoding, which a K > 0 must
-beat by a margin.
+step with decoding requests (`observe_step`), and the policy keeps one
+estimate per (batch-size class, K), the class being the number of decoding
+requests rounded to a power of two. In adaptive mode a step takes the K in
+[0, K_max] with the most expected tokens per second,
+sum_i E(a_i, K) / T(class, K), where a_i is each request's decayed
+acceptance; K = 0 is plain decoding, which a K > 0 must beat by a margin.
 
 Measured, because a step's cost is not the sum of its passes: a speculative
 step cannot be scheduled ahead of the previous step's results (the next step
@@ -24,10 +24,11 @@ neighbours; that is optimistic, since a step's cost jumps from K = 0 to K = 1
 is tried when it might be best and is measured from then on. Once per probe
 interval two steps try a K next to the best one (one more, one fewer) or
 plain decoding, in turn (the first step of a K after steps without drafts
-also catches the draft model up, and is not measured); the interval doubles each time a probe leaves the
-best K unchanged, so a wrong or stale estimate recovers while a settled choice
-costs little. Steps with prompt chunks count too (the chunks cost the same
-whatever K), though a period longer than the estimate moves it only a little.
+also catches the draft model up, and is not measured); the interval doubles
+each time a probe leaves the best K unchanged, so a wrong or stale estimate
+recovers while a settled choice costs little. Steps with prompt chunks count
+too (the chunks cost the same whatever K), though a period longer than the
+estimate moves it only a little.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
