@@ -1,8 +1,8 @@
 """Per-request async streams over one EngineCore.
 
-`EngineStreams` is the part every front shares: tokenizing, checking a request
-against the engine's limits, one stream per request, failing them all when the
-engine dies. `AsyncEngine` runs the core in this process: steps run back to
+`EngineStreams` is the part every front shares: tokenizing, the engine's
+request limits, one stream per request, failing them all when the engine
+dies. `AsyncEngine` runs the core in this process: steps run back to
 back on one step thread, which owns the EngineCore, so the event loop (and the
 HTTP server on it) keeps answering while the model runs, and the next step
 does not wait for the loop to hand out the last one's outputs. Each step's
@@ -83,7 +83,6 @@ class EngineStreams:
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         token_ids = await self.tokenize(prompt)
-        self.limits.check(token_ids, params)
         self._submit(request_id, token_ids, params, prompt if isinstance(prompt, str) else None, priority,
                      cache_salt)
         stream = OutputStream()  # outputs reach it on this loop, so none can come before this
@@ -112,6 +111,7 @@ class EngineStreams:
 
     def _submit(self, request_id: str, token_ids: list[int], params: SamplingParams, prompt: str | None,
                 priority: int, cache_salt: str | None) -> None:
+        """Hand the request to the engine; raises ValueError (`limits`) for one it refuses."""
         raise NotImplementedError
 
     def _cancel(self, request_id: str) -> None:

@@ -97,6 +97,7 @@ class EngineProcess(EngineStreams):
 
     def _submit(self, request_id: str, token_ids: list[int], params: SamplingParams, prompt: str | None,
                 priority: int, cache_salt: str | None) -> None:
+        self.limits.check(token_ids, params)  # here, so a bad request fails before anything is sent
         self._start_reading()
         self._prompts[request_id] = (prompt, token_ids)
         self._sends.put(("add", (request_id, token_ids, params, prompt, priority, cache_salt)))

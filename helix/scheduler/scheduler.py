@@ -112,7 +112,7 @@ class Scheduler:
             return False
         if any(item.num_spec_tokens for item in in_flight.scheduled):
             return True
-        decoding = self._decoding(sorted(self.running, key=self._order))
+        decoding = self._decoding(self.running)  # the plan does not depend on their order
         return (self.speculation.plan(decoding) > 0
                 or any(request.params.seed is not None and limit > 0 for request, limit in decoding))
 
