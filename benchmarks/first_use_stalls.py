@@ -24,6 +24,7 @@ from typing import Any, Callable
 from benchmarks.suite.helix_offline import throughput_requests
 from helix import LLM, SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
+from helix.worker.warm_up import record_compiles
 
 
 @dataclass
@@ -39,26 +40,6 @@ def shape(step: SchedulerOutput) -> tuple[int, int, int, int]:
     return (len(items), max((s.num_new_tokens for s in items), default=0),
             max((s.num_spec_tokens for s in items), default=0),
             max((s.request.num_tokens - s.request.num_draft_computed_tokens for s in items), default=0))
-
-
-def record_compiles(into: list[str]) -> Callable[[], None]:
-    """Append the name of every kernel Triton compiles to `into`; returns the undo."""
-    try:
-        from triton import knobs
-        runtime = knobs.runtime
-    except (ImportError, AttributeError):
-        return lambda: None
-    previous = runtime.jit_cache_hook
-
-    def hook(**kwargs: Any) -> None:
-        into.append(str(kwargs.get("repr", "?"))[:200])
-
-    runtime.jit_cache_hook = hook
-
-    def undo() -> None:
-        runtime.jit_cache_hook = previous
-
-    return undo
 
 
 def record_full_collections(into: list[float]) -> Callable[[], None]:

@@ -126,7 +126,10 @@ if AVAILABLE:
         tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=mask)
         tl.store(dst + stride_c_kv, v.to(cache_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "window", "num_splits"])
+    # Integers that change from step to step are not specialised on (Triton would
+    # otherwise compile a variant for 1 and for multiples of 16), so the kernels
+    # compiled at warm-up are all serving ever needs.
+    @triton.jit(do_not_specialize=["num_seqs", "num_tokens", "window", "num_splits", "stride_bt"])
     def _paged_attention_kernel(
         q_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
         block_tables_ptr, seq_lens_ptr, query_start_ptr,
@@ -248,7 +251,7 @@ if AVAILABLE:
             tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
                      o.to(out_ptr.dtype.element_ty), mask=out_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_tokens"])
     def _merge_splits_kernel(
         part_acc_ptr, part_ml_ptr, out_ptr,
         num_tokens, num_heads, head_dim, num_splits, stride_ot, stride_oh,
