@@ -110,9 +110,10 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="Seconds between status log lines, written only when something happened; "
                              "0 turns them off (default: %(default)s).")
-    server.add_argument("--engine-process", action="store_true",
+    server.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
                         help="Run the engine core in a child process, so its steps and the HTTP server do not "
-                             "share one interpreter lock (faster when many streams are busy).")
+                             "share one interpreter lock (default: on; --no-engine-process keeps one process, "
+                             "which can be faster on hosts with very few CPU cores).")
     server.add_argument("--benchmark-mode", action="store_true",
                         help="Allow benchmark-only engine options (--spec-synthetic-acceptance), whose outputs "
                              "are not the model's.")

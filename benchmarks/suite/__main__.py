@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-requests", type=int, default=256)
     parser.add_argument("--rates", default="1,4,inf", help="Served request rates (requests/s; inf saturates).")
     parser.add_argument("--skip-hf", action="store_true", help="Leave out the transformers baselines.")
-    parser.add_argument("--engine-process", action="store_true",
-                        help="Serve with `helix serve --engine-process` (the engine core in a child process).")
+    parser.add_argument("--in-process", action="store_true",
+                        help="Serve with `helix serve --no-engine-process` (engine core and HTTP server in one "
+                             "process).")
     parser.add_argument("--no-markdown", action="store_true", help="Write the JSON only, not RESULTS.md.")
     parser.add_argument("--commit", help="Commit of the code under test (default: from git; give it where the "
                                          "checkout's git metadata is missing or stale).")
@@ -170,7 +171,7 @@ def run_served(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
     prompts = helix_offline.throughput_requests(args.num_requests, 128, 512, PRESETS[target]["vocab_size"])
     common = ["--model", target, "--load-format", "dummy", "--dtype", "bfloat16", "--num-kv-blocks", "16384",
               "--max-num-batched-tokens", "8192", "--log-interval", "0"] + (
-                  ["--engine-process"] if args.engine_process else [])
+                  ["--no-engine-process"] if args.in_process else [])
     spec = ["--draft-model", draft, "--benchmark-mode", "--spec-synthetic-acceptance", "0.7"]
     section = {}
     for key, flags in (("plain", common), ("speculative", common + spec)):
