@@ -38,7 +38,7 @@ from helix.worker.models import ArchConfig, LlamaForCausalLM, build_model, model
 from helix.worker.spec_decode.compat import check_draft_compatible
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.ngram_proposer import NgramProposer
-from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+from helix.worker.spec_decode.rejection_sampler import AcceptFn, emitted_tokens
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from helix.worker.warm_up import warm_up_attention
 
@@ -127,7 +127,7 @@ class EngineCore:
     def _acceptance(self) -> AcceptFn:
         rate = self.args.spec_synthetic_acceptance
         if rate is None:
-            return rejection_sample
+            return emitted_tokens
         if not self.speculation.enabled:
             raise ValueError("spec_synthetic_acceptance: needs speculative decoding (a draft model or ngram)")
         logger.warning("benchmark mode: draft tokens are accepted by a coin of probability %.2f, not by the "

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-process", action="store_true",
                         help="Serve with `helix serve --no-engine-process` (engine core and HTTP server in one "
                              "process).")
+    parser.add_argument("--continue-from", type=Path, metavar="JSON",
+                        help="Add this run's sections to an earlier run's results (same card and commit), "
+                             "so a suite longer than one sitting can run in parts.")
     parser.add_argument("--no-markdown", action="store_true", help="Write the JSON only, not RESULTS.md.")
     parser.add_argument("--commit", help="Commit of the code under test (default: from git; give it where the "
                                          "checkout's git metadata is missing or stale).")
@@ -69,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     started = time.perf_counter()
     results: dict[str, Any] = _environment(argv, args.commit)
+    earlier_seconds = 0.0
+    if args.continue_from is not None:
+        results, earlier_seconds = _continued(results, args.continue_from)
     bandwidth = roofline.copy_bandwidth_bytes_per_s(torch.device("cuda"))
-    results["copy_bandwidth_gb_s"] = bandwidth / 1e9
+    results.setdefault("copy_bandwidth_gb_s", bandwidth / 1e9)  # the decode section's roofline used the first
     _log(f"{results['card']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     runners: dict[str, Callable[[argparse.Namespace, float], Any]] = {
         "decode": run_decode, "spec": run_spec, "throughput": run_throughput, "served": run_served}
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         section_started = time.perf_counter()
         results[section] = _guarded(section, functools.partial(runners[section], args, bandwidth))
         _log(f"{section}: {time.perf_counter() - section_started:.0f} s")
-        results["wall_seconds"] = time.perf_counter() - started
+        results["wall_seconds"] = earlier_seconds + time.perf_counter() - started
         results["targets"] = report.target_checks(results)
         # After every section: a run cut short keeps what it measured.
         path = _write_json(results)
@@ -203,6 +209,16 @@ def _environment(argv: list[str] | None, commit: str | None) -> dict[str, Any]:
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def _continued(current: dict[str, Any], earlier_path: Path) -> tuple[dict[str, Any], float]:
+    """The earlier run's results, to which this run adds its sections (and its
+    command), and the seconds it took."""
+    earlier = json.loads(earlier_path.read_text())
+    for key in ("card", "commit"):
+        if earlier.get(key) != current[key]:
+            raise SystemExit(f"--continue-from: that run's {key} is {earlier.get(key)!r}, this one's {current[key]!r}")
+    return {**earlier, "command": f"{earlier['command']}, then {current['command']}"}, earlier["wall_seconds"]
 
 
 def _git_commit() -> str:

@@ -13,7 +13,7 @@ requests and rejection sampling for speculating ones.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -22,12 +22,12 @@ from helix.scheduler.outputs import ModelOutput, ScheduledRequest, SchedulerOutp
 from helix.scheduler.request import Request, TokenLogprobs
 from helix.worker.attention import SequenceSpan, build_attention_metadata
 from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
-from helix.worker.device import to_device
+from helix.worker.device import HostCopy, to_device
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
-from helix.worker.spec_decode.rejection_sampler import AcceptFn, rejection_sample
+from helix.worker.spec_decode.rejection_sampler import AcceptFn, decide_rows, emitted_tokens
 from helix.worker.token_feed import TokenFeed
 
 
@@ -53,13 +53,23 @@ class _PendingSamples:
 
 
 @dataclass(frozen=True)
+class _Verdicts:
+    """Verify rows decided on the device, on their way to the host: request i's
+    rows start at row placement[i][1] of tensor placement[i][0] (greedy: argmax
+    per row; sampled: acceptance tests, and stopping tokens in the next tensor)."""
+
+    copy: HostCopy
+    placement: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class _PendingVerify:
     """Verify rows' logits, queued at launch: request i's rows are the next counts[i]."""
 
     items: list[ScheduledRequest]
     counts: list[int]                   # 1 + its drafts, per request
     logits: torch.Tensor                # [sum(counts), vocab] raw
-    transformed: torch.Tensor | None    # the sampling transform, unless it reads the drafts
+    verdicts: _Verdicts | None = None   # queued at launch, unless the sampling transform reads the drafts
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class _PendingPromptLogprobs:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None,
-                 graphs: DecodeGraphSpec | None = None, accept: AcceptFn = rejection_sample):
+                 graphs: DecodeGraphSpec | None = None, accept: AcceptFn = emitted_tokens):
         self.model = model
         self.accept = accept  # decides which drafts a verify keeps
         self.block_size = block_size
@@ -206,8 +216,8 @@ class ModelRunner:
 
     def _start_verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
                       proposals: Proposals) -> _PendingVerify | None:
-        """Speculating requests: queue one lm_head over every verify row, and the
-        transform where it does not depend on the drafts (read later)."""
+        """Speculating requests: queue one lm_head over every verify row and, where
+        the sampling transform does not read the drafts, the verdicts too."""
         verifying = [(i, item) for i, item in enumerate(scheduled) if item.request.request_id in proposals.by_request]
         if not verifying:
             return None
@@ -216,30 +226,69 @@ class ModelRunner:
         row_index = [row for i, _ in verifying
                      for row in range(span_rows.first[i], span_rows.first[i] + span_rows.count[i])]
         logits = self.model.compute_logits(hidden[to_device(row_index, torch.int64, self.device)])
-        transformed = None
-        if not any(item.request.sampler_reads_output for item in items):
-            rows = [self._row_for(item.request, ()) for item, count in zip(items, counts) for _ in range(count)]
-            transformed = transform_logits(logits, rows)
-        return _PendingVerify(items, counts, logits, transformed)
+        pending = _PendingVerify(items, counts, logits)
+        if any(item.request.sampler_reads_output for item in items):
+            return pending  # penalties and min_tokens read the drafts: decided once they are on the host
+        rows = [self._row_for(item.request, ()) for item, count in zip(items, counts) for _ in range(count)]
+        return replace(pending, verdicts=self._decide(pending, transform_logits(logits, rows), proposals))
+
+    def _decide(self, pending: _PendingVerify, transformed: torch.Tensor, proposals: Proposals) -> _Verdicts:
+        """Queue the verdicts of every verify row (transformed: [sum(counts), vocab]),
+        one batch per sampling mode and generator, and their copy to the host."""
+        first_rows = [0]
+        for count in pending.counts:
+            first_rows.append(first_rows[-1] + count)
+        groups: dict[tuple[str, str], list[int]] = {}  # (mode, seeded request or "") -> request indices
+        for i, item in enumerate(pending.items):
+            params = item.request.params
+            key = (("greedy", "") if params.greedy else
+                   ("sampled", item.request.request_id if params.seed is not None else ""))
+            groups.setdefault(key, []).append(i)
+        tensors: list[torch.Tensor] = []
+        placement: list[tuple[int, int]] = [(0, 0)] * len(pending.items)  # request -> (first tensor, row)
+        for (mode, _), members in groups.items():
+            rows = [row for i in members for row in range(first_rows[i], first_rows[i + 1])]
+            group_logits = transformed if len(groups) == 1 else transformed[to_device(rows, torch.int64, self.device)]
+            greedy = mode == "greedy"
+            tested = draft_probs = generator = None
+            if not greedy:
+                member_items = [pending.items[i] for i in members]
+                member_counts = [pending.counts[i] for i in members]
+                tested = proposals.tested_tokens([item.request.request_id for item in member_items], member_counts,
+                                                 self.device)
+                draft_probs = _draft_probs(member_items, member_counts, tested, proposals, transformed.shape[1])
+                request = member_items[0].request
+                generator = self._generator_for(request.request_id, request.params.seed)
+            offset = 0
+            for i in members:
+                placement[i] = (len(tensors), offset)
+                offset += pending.counts[i]
+            tensors.extend(decide_rows(group_logits, tested, draft_probs, greedy, generator))
+        return _Verdicts(HostCopy(tensors), placement)
 
     def _verify(self, pending: _PendingVerify | None, proposals: Proposals, output: ModelOutput) -> None:
         """Accept a prefix of each request's drafts, then one more token (drafts are on the host now)."""
         if pending is None:
             return
-        transformed = pending.transformed  # [sum(1 + len(drafts)), vocab]
-        if transformed is None:  # penalties and min_tokens read the drafts before each row
+        verdicts = pending.verdicts
+        if verdicts is None:  # penalties and min_tokens read the drafts before each row
             transformed = transform_logits(pending.logits, [
                 self._row_for(item.request, proposals.by_request[item.request.request_id].token_ids[:position])
                 for item, count in zip(pending.items, pending.counts) for position in range(count)])
+            verdicts = self._decide(pending, transformed, proposals)
+        decided = [tensor.tolist() for tensor in verdicts.copy.wait()]
         first = 0
-        for item, count in zip(pending.items, pending.counts):
+        for item, count, (tensor, row) in zip(pending.items, pending.counts, verdicts.placement):
             request = item.request
-            proposal = proposals.by_request[request.request_id]
-            drafts = proposal.token_ids
+            drafts = proposals.by_request[request.request_id].token_ids
             span = slice(first, first + count)
             first = span.stop
-            emitted = self.accept(drafts, proposal.draft_probs, transformed[span], request.params.greedy,
-                                  self._generator_for(request.request_id, request.params.seed))
+            if request.params.greedy:  # one tensor: each row's argmax
+                stopping = decided[tensor][row:row + count]
+                accepted = [draft == best for draft, best in zip(drafts, stopping)]
+            else:  # two: acceptance tests, then stopping tokens
+                accepted, stopping = decided[tensor][row:row + count], decided[tensor + 1][row:row + count]
+            emitted = self.accept(drafts, accepted, stopping)
             output.sampled[request.request_id] = emitted
             output.num_proposed[request.request_id] = len(drafts)
             output.num_accepted[request.request_id] = len(emitted) - 1
@@ -312,6 +361,23 @@ def _finish_prompt_logprobs(pending: list[_PendingPromptLogprobs], output: Model
         first_token = 0 if entry.start == 0 else entry.start + 1
         already = max(0, len(request.prompt_logprobs) - first_token)
         output.prompt_logprobs[request.request_id] = entries[already:]
+
+
+def _draft_probs(items: list[ScheduledRequest], counts: list[int], tested: torch.Tensor, proposals: Proposals,
+                 vocab: int) -> torch.Tensor:
+    """[sum(counts), vocab] q of each verify row's draft: the proposer's
+    distribution, one-hot where it proposed deterministically, zero on each
+    request's bonus row. tested: [sum(counts)] the drafts (-1 on bonus rows)."""
+    parts = []
+    first = 0
+    bonus_row = torch.zeros((1, vocab), dtype=torch.float32, device=tested.device)
+    for item, count in zip(items, counts):
+        probs = proposals.by_request[item.request.request_id].draft_probs
+        if probs is None:
+            probs = torch.nn.functional.one_hot(tested[first:first + count - 1], vocab).float()
+        parts.extend((probs.float(), bonus_row))
+        first += count
+    return torch.cat(parts)
 
 
 def _emitted_logprobs(logits: torch.Tensor, emitted: list[int], count: int) -> list[TokenLogprobs]:

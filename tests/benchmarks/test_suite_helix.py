@@ -4,11 +4,15 @@ the target checks and RESULTS.md built from results."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.suite import helix_offline, report, served
+from benchmarks.suite.__main__ import _continued
 from tests.tiny_models import VOCAB_SIZE
 
 CPU = {"load_format": "auto", "dtype": "float32", "device": "cpu", "num_kv_blocks": 256, "block_size": 4}
@@ -93,3 +97,16 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
                      "failed: RuntimeError: no compiler", "| transformers generate_batch | 500 |",
                      "`helix serve --draft`", "Load command (per rate): `load`", "| no |"):
         assert fragment in text, fragment
+
+
+def test_a_continued_run_keeps_the_earlier_sections_and_both_commands(tmp_path: Path) -> None:
+    earlier = {"card": "H200", "commit": "abc1234", "command": "python -m benchmarks.suite --sections decode",
+               "wall_seconds": 300.0, "decode": {"A": {"helix": {"decode_tok_s": 700.0}}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    current = {"card": "H200", "commit": "abc1234", "command": "python -m benchmarks.suite --sections served"}
+    results, seconds = _continued(current, path)
+    assert results["decode"] == earlier["decode"] and seconds == 300.0
+    assert results["command"] == f"{earlier['command']}, then {current['command']}"
+    with pytest.raises(SystemExit, match="commit"):
+        _continued({**current, "commit": "def5678"}, path)

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 import helix.worker.spec_decode.rejection_sampler as rs
-from helix.worker.spec_decode.rejection_sampler import rejection_sample
+from helix.worker.spec_decode.rejection_sampler import decide_rows, emitted_tokens
 
 VOCAB = 12
 SIGNIFICANCE = 1e-3  # a correct sampler fails a test at this level 0.1% of the time; seeds are fixed
@@ -20,8 +20,33 @@ def logits_for(probs: torch.Tensor) -> torch.Tensor:
 
 def one_hot_rows(tokens: list[int], vocab: int = VOCAB) -> torch.Tensor:
     rows = torch.zeros(len(tokens), vocab)
-    rows[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+    rows[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)] = 1.0
     return rows
+
+
+def sample_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None], target_logits: list[torch.Tensor],
+                 greedy: bool, generator: torch.Generator | None) -> list[list[int]]:
+    """Emitted tokens of several requests whose verify rows are decided in one
+    batch: request i has drafts[i], q rows draft_probs[i] ([k, V]; None: one-hot)
+    and target logits [k + 1, V]."""
+    tested = torch.tensor([token for tokens in drafts for token in tokens + [-1]])
+    probs = None if greedy else torch.cat([
+        part for tokens, q in zip(drafts, draft_probs)
+        for part in ((q if q is not None else one_hot_rows(tokens)), torch.zeros(1, VOCAB))])
+    decided = [t.tolist() for t in decide_rows(torch.cat(target_logits), tested, probs, greedy, generator)]
+    emitted, first = [], 0
+    for tokens in drafts:
+        rows = slice(first, first + len(tokens) + 1)
+        first = rows.stop
+        stopping = decided[-1][rows]
+        accepted = [t == s for t, s in zip(tokens, stopping)] if greedy else decided[0][rows]
+        emitted.append(emitted_tokens(tokens, accepted, stopping))
+    return emitted
+
+
+def rejection_sample(drafts: list[int], draft_probs: torch.Tensor | None, target_logits: torch.Tensor, greedy: bool,
+                     generator: torch.Generator | None) -> list[int]:
+    return sample_batch([drafts], [draft_probs], [target_logits], greedy, generator)[0]
 
 
 def test_all_accepted_then_bonus_from_p() -> None:
@@ -56,7 +81,8 @@ def test_deterministic_proposal_uses_one_hot_q() -> None:
     # q one-hot on the draft: accept with probability p(x); the residual excludes x.
     p = torch.tensor([[0.5, 0.5] + [0.0] * (VOCAB - 2), [1.0] + [0.0] * (VOCAB - 1)])
     generator = torch.Generator().manual_seed(1)
-    firsts = [rejection_sample([0], None, logits_for(p), False, generator)[0] for _ in range(2000)]
+    firsts = [tokens[0] for tokens in sample_batch([[0]] * 2000, [None] * 2000, [logits_for(p)] * 2000, False,
+                                                   generator)]
     share_of_zero = firsts.count(0) / len(firsts)
     assert 0.45 < share_of_zero < 0.55 and set(firsts) == {0, 1}
 
@@ -75,12 +101,13 @@ def fixed_distributions(seed: int, positions: int) -> tuple[torch.Tensor, torch.
 
 
 def emitted_counts(p: torch.Tensor, q: torch.Tensor, trials: int, seed: int) -> list[np.ndarray]:
-    """Histogram of the emitted token at each position over many seeded trials."""
+    """Histogram of the emitted token at each position over many trials, decided
+    as one batch of `trials` requests (drafts drawn from q)."""
     generator = torch.Generator().manual_seed(seed)
+    drafts = torch.multinomial(q, trials, replacement=True, generator=generator).T.tolist()  # [trials, positions]
     counts = [np.zeros(VOCAB) for _ in range(p.shape[0])]
-    for _ in range(trials):
-        drafts = [int(torch.multinomial(q[i], 1, generator=generator)) for i in range(q.shape[0])]
-        for position, token in enumerate(rejection_sample(drafts, q, logits_for(p), False, generator)):
+    for emitted in sample_batch(drafts, [q] * trials, [logits_for(p)] * trials, False, generator):
+        for position, token in enumerate(emitted):
             counts[position][token] += 1
     return counts
 

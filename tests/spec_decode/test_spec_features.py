@@ -29,9 +29,12 @@ def plain_llm(tiny_model_dirs: dict[str, Path]) -> LLM:
     return LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=1024, block_size=4)
 
 
-def first_tokens(llm: LLM, seed: int, samples: int) -> list[tuple[int, ...]]:
-    params = [SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True, seed=seed + i) for i in range(samples)]
-    outputs = llm.generate([[17, 18, 19]] * samples, params, use_tqdm=False)
+def first_tokens(llm: LLM, seed: int | None, samples: int,
+                 prompt: tuple[int, ...] = (17, 18, 19)) -> list[tuple[int, ...]]:
+    """seed None: unseeded requests, whose verify rows are decided in one batch."""
+    params = [SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True, seed=None if seed is None else seed + i)
+              for i in range(samples)]
+    outputs = llm.generate([list(prompt)] * samples, params, use_tqdm=False)
     return [tuple(o.outputs[0].token_ids) for o in outputs]
 
 
@@ -52,6 +55,22 @@ def test_sampled_tokens_keep_the_target_distribution(spec_llm: LLM, plain_llm: L
     assert spec_llm.stats()["spec_draft_tokens"] > 0
     for position in range(3):
         assert same_distribution([t[position] for t in with_spec], [t[position] for t in without]), position
+
+
+def test_unseeded_requests_decided_in_one_batch_keep_their_own_distributions(spec_llm: LLM,
+                                                                            plain_llm: LLM) -> None:
+    # Two prompts with different next-token distributions, interleaved in one
+    # batch: a verdict read from another request's rows would show.
+    prompts = [(17, 18, 19), (40, 41)]
+    params = SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True)
+    outputs = spec_llm.generate([list(p) for p in prompts] * 600, params, use_tqdm=False)
+    plain = [first_tokens(plain_llm, seed=200_000 + 1000 * i, samples=600, prompt=p) for i, p in enumerate(prompts)]
+    assert not same_distribution([t[0] for t in plain[0]], [t[0] for t in plain[1]])  # the mix-up would show
+    for index, without in enumerate(plain):
+        with_spec = [tuple(o.outputs[0].token_ids) for o in outputs[index::2]]
+        for position in range(3):
+            assert same_distribution([t[position] for t in with_spec], [t[position] for t in without]), (index,
+                                                                                                       position)
 
 
 def test_the_two_sample_test_has_power(plain_llm: LLM) -> None:

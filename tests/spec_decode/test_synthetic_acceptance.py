@@ -24,10 +24,11 @@ def accepted_lengths(rate: float, trials: int, seed: int = 0) -> list[int]:
     for _ in range(trials):
         drafts = torch.randint(0, VOCAB, (K,), generator=generator).tolist()
         logits = torch.randn(K + 1, VOCAB, generator=generator)
-        emitted = accept(drafts, None, logits, True, None)
+        stopping = logits.argmax(dim=-1).tolist()  # a greedy verify's stopping tokens
+        emitted = accept(drafts, [False] * K, stopping)  # the coin, not the test, decides
         accepted = len(emitted) - 1
         assert emitted[:accepted] == drafts[:accepted]
-        assert emitted[-1] == int(logits[accepted].argmax())  # the target's own (greedy) choice
+        assert emitted[-1] == stopping[accepted]
         lengths.append(accepted)
     return lengths
 

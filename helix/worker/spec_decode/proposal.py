@@ -9,7 +9,7 @@ import torch
 
 from helix.scheduler.outputs import ScheduledRequest
 from helix.scheduler.request import Request
-from helix.worker.device import HostCopy
+from helix.worker.device import HostCopy, to_device
 from helix.worker.sampler import SamplingRow
 
 # Sampling settings of a request at the position after `extra_tokens` (drafts so far).
@@ -41,6 +41,26 @@ class Proposals:
     def start_reading(self) -> None:
         """Queue the device drafts' copy to the host (after the passes that choose them)."""
         self._copy = HostCopy([rows.token_ids for rows in self.on_device])
+
+    def tested_tokens(self, request_ids: Sequence[str], counts: Sequence[int], device: torch.device) -> torch.Tensor:
+        """[sum(counts)] on the device: for each request's verify rows (counts[i] =
+        1 + its drafts), the draft each row tests, then -1 for its bonus row."""
+        if not self.on_device:
+            values = [token for request_id, count in zip(request_ids, counts)
+                      for token in self.by_request[request_id].token_ids[:count - 1] + [-1]]
+            return to_device(values, torch.int64, device)
+        flat = torch.cat([rows.token_ids for rows in self.on_device]
+                         + [torch.full((1,), -1, dtype=torch.int64, device=device)])
+        # Where each depth's drafts start in `flat`, and each request's row in them.
+        starts, row_of, start = [], [], 0
+        for rows in self.on_device:
+            starts.append(start)
+            start += len(rows.request_ids)
+            row_of.append({request_id: i for i, request_id in enumerate(rows.request_ids)})
+        bonus = start  # the -1
+        index = [position for request_id, count in zip(request_ids, counts)
+                 for position in [starts[d] + row_of[d][request_id] for d in range(count - 1)] + [bonus]]
+        return flat[to_device(index, torch.int64, device)]
 
     def read_drafts(self) -> None:
         """Put the device drafts into each proposal's token_ids (waits for them)."""

@@ -6,6 +6,14 @@ from normalize(max(p_i - q_i, 0)) and the rest are dropped; when all K are
 accepted a bonus token is drawn from p_K. Each emitted token then has exactly
 the target distribution p. Greedy requests accept while the draft token is the
 target's argmax, and emit the argmax at the first mismatch.
+
+The work splits in two. On the device, for a whole batch of verify rows at
+once and before anything is read back (`decide_rows`): each row's acceptance
+test and the token to emit should the chain stop at that row (a residual draw
+at a draft row, a draw from p at the bonus row). Every row's draws are
+independent, so drawing at rows that end up unused leaves the emitted tokens'
+distribution as it is. On the host, per request (`emitted_tokens`): the
+accepted prefix and the token where it stops.
 """
 
 from __future__ import annotations
@@ -14,58 +22,48 @@ from typing import Callable
 
 import torch
 
-from helix.worker.sampler import draw
+from helix.worker.sampler import draw_rows
 
-# (draft tokens, draft probs [k, vocab] or None, transformed target logits [k + 1, vocab], greedy, generator)
-# -> emitted tokens
-AcceptFn = Callable[[list[int], torch.Tensor | None, torch.Tensor, bool, torch.Generator | None], list[int]]
+# (draft tokens, each draft's acceptance test, each row's stopping token) -> emitted tokens
+AcceptFn = Callable[[list[int], list[bool], list[int]], list[int]]
 
 
 def residual_distribution(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
-    """normalize(max(p - q, 0)); falls back to p where p <= q everywhere (then p == q
-    up to rounding, and a rejection had probability ~0)."""
+    """Row-wise normalize(max(p - q, 0)) of [n, vocab] rows; p where p <= q
+    everywhere (then p == q up to rounding, and a rejection had probability ~0).
+    A zero q row (the bonus row) gives p."""
     residual = (target_probs - draft_probs).clamp(min=0.0)
-    total = residual.sum()
-    return residual / total if total > 0 else target_probs
+    total = residual.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, residual / total.clamp(min=1e-30), target_probs)
 
 
-def rejection_sample(draft_tokens: list[int], draft_probs: torch.Tensor | None, target_logits: torch.Tensor,
-                     greedy: bool, generator: torch.Generator | None) -> list[int]:
-    """Tokens to emit: the accepted prefix of `draft_tokens` plus one more.
+def decide_rows(target_logits: torch.Tensor, draft_tokens: torch.Tensor | None, draft_probs: torch.Tensor | None,
+                greedy: bool, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """Queue the verdicts of verify rows that share one sampling mode and generator.
 
-    draft_probs: [k, vocab] q at each draft position (None: the proposer was
-    deterministic, i.e. q is one-hot on the proposed token). target_logits:
-    [k + 1, vocab], already transformed by the request's sampling settings.
+    target_logits: [R, vocab], transformed by each row's sampling settings.
+    Greedy: returns [argmax [R]]; a draft is accepted where it equals its
+    row's argmax, which the host checks. Sampled: draft_tokens [R] is the draft
+    each row tests (-1 on bonus rows), draft_probs [R, vocab] its q (one-hot
+    for a deterministic proposer, zero on bonus rows); returns [accepted [R]
+    bool, stopping token [R]].
     """
     if greedy:
-        return _greedy_accept(draft_tokens, target_logits.argmax(dim=-1).tolist())
+        return [target_logits.argmax(dim=-1)]
+    assert draft_tokens is not None and draft_probs is not None
     target_probs = target_logits.softmax(dim=-1)
-    uniforms = torch.rand(len(draft_tokens), generator=generator, device=target_logits.device).tolist()
-    emitted: list[int] = []
+    tested = draft_tokens.clamp(min=0).unsqueeze(1)
+    p = target_probs.gather(1, tested).squeeze(1)
+    q = draft_probs.gather(1, tested).squeeze(1)
+    uniforms = torch.rand(p.shape, generator=generator, device=p.device)
+    accepted = (draft_tokens >= 0) & (uniforms * q < p)  # u < p / q without dividing
+    return [accepted, draw_rows(residual_distribution(target_probs, draft_probs), generator)]
+
+
+def emitted_tokens(draft_tokens: list[int], accepted: list[bool], stopping: list[int]) -> list[int]:
+    """The accepted prefix of the drafts, then the stopping token of the row
+    where it ends (len(draft_tokens) + 1 rows)."""
     for i, token in enumerate(draft_tokens):
-        p = float(target_probs[i, token])
-        q = 1.0 if draft_probs is None else float(draft_probs[i, token])
-        if uniforms[i] * q < p:  # u < p / q without dividing
-            emitted.append(token)
-            continue
-        q_row = _one_hot(token, target_probs.shape[1], target_probs) if draft_probs is None else draft_probs[i]
-        emitted.append(draw(residual_distribution(target_probs[i], q_row), generator))
-        return emitted
-    emitted.append(draw(target_probs[len(draft_tokens)], generator))
-    return emitted
-
-
-def _greedy_accept(draft_tokens: list[int], target_argmax: list[int]) -> list[int]:
-    emitted = []
-    for i, token in enumerate(draft_tokens):
-        emitted.append(target_argmax[i])
-        if token != target_argmax[i]:
-            return emitted
-    emitted.append(target_argmax[len(draft_tokens)])
-    return emitted
-
-
-def _one_hot(token: int, vocab: int, like: torch.Tensor) -> torch.Tensor:
-    row = torch.zeros(vocab, dtype=like.dtype, device=like.device)
-    row[token] = 1.0
-    return row
+        if not accepted[i]:
+            return draft_tokens[:i] + [stopping[i]]
+    return draft_tokens + [stopping[len(draft_tokens)]]
