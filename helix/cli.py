@@ -145,11 +145,12 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 async def _serve(kwargs: dict[str, Any], engine_process: bool, config: Any, host: str, port: int,
                  log_interval_s: float, shutdown_timeout_s: float) -> int:
-    from helix.engine import AsyncEngine
+    from helix.engine import AsyncEngine, freeze_startup_objects
     from helix.engine_process import EngineProcess
     from helix.frontend.server import serve
 
     engine = EngineProcess(**kwargs) if engine_process else AsyncEngine(**kwargs)
+    freeze_startup_objects()
     return await serve(engine, config, host, port, log_interval_s, shutdown_timeout_s)
 
 

@@ -17,6 +17,7 @@ its request, which frees its blocks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import threading
@@ -31,6 +32,16 @@ from helix.request_limits import RequestLimits
 from helix.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+
+def freeze_startup_objects() -> None:
+    """In a process that serves one engine until it exits, freeze what start-up
+    built (modules, tokenizer, compiled kernels) out of the cyclic collector's
+    sight: a full collection would otherwise walk all of it (~150 ms with the
+    tiny model on CPU) in the middle of a step. Not for engines that are built
+    and dropped in one process: an engine holds reference cycles, and frozen
+    cycles are never collected."""
+    gc.freeze()
 
 
 class EngineDeadError(RuntimeError):

@@ -8,7 +8,6 @@ thread, so scheduler state has exactly one writer.
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import time
@@ -94,11 +93,6 @@ class EngineCore:
         self._unprocessed: tuple[SchedulerOutput, list[RequestUpdate]] | None = None
         self._counters = {"prompt_tokens": 0, "generation_tokens": 0, "requests_finished": 0}
         self._rate_window: list[tuple[float, int, int]] = []
-        # What is built so far lives as long as the engine: frozen out of the cyclic
-        # collector's sight, a full collection no longer walks it (the modules, the
-        # tokenizer, compiled kernels: ~150 ms per collection with the tiny model on
-        # CPU) in the middle of a step. Frozen objects are still freed by refcount.
-        gc.freeze()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, %d swap blocks, speculation: %s",
                     self.arch.architecture, self.device, self.dtype, num_gpu_blocks, args.block_size,
                     num_cpu_blocks, self.speculation.method or "off")

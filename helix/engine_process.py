@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from helix.engine import EngineStreams
+from helix.engine import EngineStreams, freeze_startup_objects
 from helix.engine_args import EngineArgs
 from helix.engine_core import EngineCore, load_tokenizer
 from helix.outputs import RequestOutput
@@ -185,6 +185,7 @@ def _run_core(args: EngineArgs, core_hook: CoreHook | None, commands: Connection
         core = EngineCore(args)
         if core_hook is not None:
             core_hook(core)
+        freeze_startup_objects()
     except Exception as error:  # a bad option or model: the parent raises it
         outputs.send(("failed", error if _picklable(error) else RuntimeError(repr(error))))
         return

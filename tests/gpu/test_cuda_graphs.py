@@ -7,7 +7,9 @@ work done.
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,17 @@ def test_draft_loop_graph_with_the_target_as_draft_accepts_everything(tiny_model
                      draft_model=str(target), speculation_mode="fixed", num_speculative_tokens=6)
     assert llm.engine.runner.proposer.loop.replays > 0
     assert llm.stats()["acceptance_rate"] == 1.0
+
+
+def test_a_dropped_engine_with_graphs_is_collected(tiny_model_dirs: dict[str, Path]) -> None:
+    """Engines on CUDA hold reference cycles (graphs and their pools): a process
+    that builds engines one after another (benchmarks, offline users) gets the
+    memory back only if the collector can still reach them."""
+    directory = str(tiny_model_dirs["llama"])
+    llm = LLM(directory, device="cuda", draft_model=directory, num_kv_blocks=64, block_size=4)
+    assert llm.engine.runner.graphs is not None
+    llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    model = weakref.ref(llm.engine.runner.model)
+    del llm
+    gc.collect()
+    assert model() is None
