@@ -88,6 +88,22 @@ def test_seeded_requests_reproduce_with_speculation(spec_llm: LLM) -> None:
     assert batch[1].outputs[0].token_ids == first
 
 
+def test_mixed_sampling_modes_in_one_batch_keep_their_own_tokens(spec_llm: LLM, plain_llm: LLM) -> None:
+    # Greedy, unseeded and seeded requests are decided in separate batches of
+    # rows within one step: each request must read back its own rows.
+    greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    seeded = SamplingParams(temperature=0.8, max_tokens=16, seed=7, ignore_eos=True)
+    unseeded = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
+    prompts = [[5, 6, 7], [9, 8], [1, 2, 3, 4], [11], [12, 13]]
+    modes = [greedy, unseeded, seeded, greedy, unseeded]
+    mixed = [o.outputs[0].token_ids for o in spec_llm.generate(prompts, modes, use_tqdm=False)]
+    for index in (0, 3):
+        alone = plain_llm.generate([prompts[index]], greedy, use_tqdm=False)[0].outputs[0].token_ids
+        assert mixed[index] == alone
+    assert mixed[2] == spec_llm.generate([prompts[2]], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    assert spec_llm.stats()["spec_draft_tokens"] > 0
+
+
 def test_never_emits_past_max_tokens(tiny_model_dirs: dict[str, Path]) -> None:
     target = str(tiny_model_dirs["llama"])
     llm = LLM(target, draft_model=target, speculation_mode="fixed", num_speculative_tokens=8,
