@@ -247,8 +247,10 @@ class ModelRunner:
         tensors: list[torch.Tensor] = []
         placement: list[tuple[int, int]] = [(0, 0)] * len(pending.items)  # request -> (first tensor, row)
         for (mode, _), members in groups.items():
-            rows = [row for i in members for row in range(first_rows[i], first_rows[i + 1])]
-            group_logits = transformed if len(groups) == 1 else transformed[to_device(rows, torch.int64, self.device)]
+            group_logits = transformed
+            if len(groups) > 1:
+                rows = [row for i in members for row in range(first_rows[i], first_rows[i + 1])]
+                group_logits = transformed[to_device(rows, torch.int64, self.device)]
             greedy = mode == "greedy"
             tested = draft_probs = generator = None
             if not greedy:
