@@ -60,6 +60,11 @@ class EngineArgs:
     check_invariants: bool = _option(
         os.environ.get("HELIX_CHECK_INVARIANTS", "0") == "1",
         "Debug: verify KV block accounting after every step (default from HELIX_CHECK_INVARIANTS=1).")
+    num_scheduler_steps: int = _option(
+        1, "Decode tokens per scheduled step (multi-step): a step where every request only decodes runs this "
+           "many forwards, each fed the token the one before chose on the device, before the host reads the "
+           "tokens, checks stops and schedules again. Amortises the host's per-step work over the steps at "
+           "large batches; stops are found and new requests admitted only between multi-steps.")
     enforce_eager: bool = _option(False, "Disable CUDA graphs (run every forward eagerly).")
     async_scheduling: bool | None = _option(
         None, "Schedule and launch each step before the previous step's tokens are read back, so the host's "
@@ -84,6 +89,8 @@ class EngineArgs:
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
         _require(self.cpu_kv_cache_gib > 0, "cpu_kv_cache_gib", f"must be positive, got {self.cpu_kv_cache_gib}")
         _require(self.swap_space >= 0, "swap_space", f"must be >= 0 GiB, got {self.swap_space}")
+        _require(self.num_scheduler_steps >= 1, "num_scheduler_steps",
+                 f"must be >= 1, got {self.num_scheduler_steps}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":

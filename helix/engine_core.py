@@ -74,7 +74,7 @@ class EngineCore:
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
-            check_invariants=args.check_invariants)
+            check_invariants=args.check_invariants, num_scheduler_steps=args.num_scheduler_steps)
         self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching,
                                  watermark=self.scheduler_config.watermark)
         self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),

@@ -9,9 +9,11 @@ benchmarks/RESULTS.md from it. Sections (all by default):
 - spec: batch-1 speculative decoding (drafts: a 68M Llama, Llama-3.2-1B
   shapes), K adaptive and K = 4, synthetic acceptance a in {0.5, 0.7, 0.9};
 - throughput: 256 requests (prompts 128-512 tokens, 256 outputs) through
-  `LLM.generate` against transformers' continuous batching (`generate_batch`);
+  `LLM.generate` against transformers' continuous batching (`generate_batch`),
+  with `num_scheduler_steps` as given and, as a baseline in the same run, 1;
 - served: the load client against `helix serve` (A + draft A, a = 0.7) from
-  1 request/s to saturation, with and without speculation.
+  1 request/s to saturation, with and without speculation, with the same
+  `num_scheduler_steps`.
 
 Models have dummy weights at real shapes, so speculative results use
 `spec_synthetic_acceptance` (reported as such).
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-requests", type=int, default=256)
     parser.add_argument("--rates", default="1,4,inf", help="Served request rates (requests/s; inf saturates).")
+    parser.add_argument("--num-scheduler-steps", type=int, default=8,
+                        help="Multi-step decoding for the throughput and served sections (the engine's "
+                             "`num_scheduler_steps`); throughput also runs 1 as a baseline.")
     parser.add_argument("--skip-hf", action="store_true", help="Leave out the transformers baselines.")
     parser.add_argument("--in-process", action="store_true",
                         help="Serve with `helix serve --no-engine-process` (engine core and HTTP server in one "
@@ -155,11 +160,15 @@ def run_throughput(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any
     model = TARGETS["A"][0]
     config = PRESETS[model]
     prompts = helix_offline.throughput_requests(args.num_requests, 128, 512, config["vocab_size"])
-    options = dict(max_num_seqs=256, max_num_batched_tokens=8192, num_kv_blocks=16384)
-    section: dict[str, Any] = {"model": model, "options": options,
-                               "helix": helix_offline.offline_throughput(model, options, prompts, args.new_tokens)}
-    helix_offline.release_cuda()
-    _log(f"throughput: helix {section['helix']['output_tok_s']:.0f} tok/s")
+    options = dict(max_num_seqs=256, max_num_batched_tokens=8192, num_kv_blocks=16384,
+                   num_scheduler_steps=args.num_scheduler_steps)
+    section: dict[str, Any] = {"model": model, "options": options}
+    runs = [("helix", options)] + ([("helix_single_step", {**options, "num_scheduler_steps": 1})]
+                                   if args.num_scheduler_steps > 1 else [])
+    for key, run_options in runs:
+        section[key] = helix_offline.offline_throughput(model, run_options, prompts, args.new_tokens)
+        helix_offline.release_cuda()
+        _log(f"throughput: {key} {section[key]['output_tok_s']:.0f} tok/s")
     if not args.skip_hf:
         hf_model = hf_baselines.build_hf_model(config, torch.bfloat16, torch.device("cuda"))
         measure = functools.partial(hf_baselines.hf_generate_batch_throughput, hf_model, prompts,
@@ -176,7 +185,8 @@ def run_served(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
     prompts = helix_offline.throughput_requests(args.num_requests, 128, 512, PRESETS[target]["vocab_size"])
     common = ["--model", target, "--load-format", "dummy", "--dtype", "bfloat16", "--num-kv-blocks", "16384",
-              "--max-num-batched-tokens", "8192", "--log-interval", "0"] + (
+              "--max-num-batched-tokens", "8192", "--num-scheduler-steps", str(args.num_scheduler_steps),
+              "--log-interval", "0"] + (
                   ["--no-engine-process"] if args.in_process else [])
     spec = ["--draft-model", draft, "--benchmark-mode", "--spec-synthetic-acceptance", "0.7"]
     section = {}

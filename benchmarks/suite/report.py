@@ -184,6 +184,9 @@ def _throughput_md(section: Any) -> list[str]:
              f"(options {section['options']}).", "",
              "| engine | output tok/s | seconds |", "| --- | --- | --- |",
              f"| Helix | {helix['output_tok_s']:.0f} | {helix['seconds']:.1f} |"]
+    single = section.get("helix_single_step")
+    if single is not None:
+        lines.append(f"| Helix, num_scheduler_steps=1 | {single['output_tok_s']:.0f} | {single['seconds']:.1f} |")
     hf = section.get("hf_generate_batch")
     if _ok(hf):
         lines.append(f"| transformers generate_batch | {hf['output_tok_s']:.0f} | {hf['seconds']:.1f} |")

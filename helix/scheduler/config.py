@@ -15,12 +15,15 @@ class SchedulerConfig:
     policy: str = "fcfs"
     watermark: float = 0.01  # fraction of GPU blocks admission leaves free for running requests
     check_invariants: bool = False  # verify block accounting after every step (debug)
+    num_scheduler_steps: int = 1  # decode tokens per step where every request only decodes
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs: must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens: must be >= 1, got {self.max_num_batched_tokens}")
+        if self.num_scheduler_steps < 1:
+            raise ValueError(f"num_scheduler_steps: must be >= 1, got {self.num_scheduler_steps}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: must be one of {POLICIES}, got {self.policy!r}")
         if not 0.0 <= self.watermark < 1.0:

@@ -16,9 +16,12 @@ class ScheduledRequest:
     token plus up to that many draft tokens to verify (slots are reserved for
     all of them). `samples`: the step computes the request's last token, so a
     new one is sampled. Scheduled ahead of the previous step's results, the
-    token at `start` may still be in flight (`start == request.num_tokens`);
+    token at `start` may still be in flight (`start >= request.num_tokens`);
     the worker takes it from the previous step's sampled ids on the device.
-    The worker reads the request but never changes it.
+    `num_steps` > 1 (multi-step; a decode: one new token, no drafts): the
+    worker decodes that many tokens, one forward each, each fed the token the
+    forward before chose; slots are reserved for positions start ..
+    start + num_steps - 1. The worker reads the request but never changes it.
     """
 
     request: Request
@@ -27,6 +30,7 @@ class ScheduledRequest:
     block_table: tuple[int, ...]
     num_spec_tokens: int = 0
     samples: bool = True
+    num_steps: int = 1
 
 
 @dataclass(frozen=True)

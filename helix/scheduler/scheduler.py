@@ -21,6 +21,14 @@ scheduled after the results. Speculating steps (unless the policy would
 give the next step no drafts) and samplers that read the output history
 (penalties, min_tokens) need the results first (`can_schedule_ahead`).
 Updates must still be applied in step order.
+
+Multi-step (`num_scheduler_steps` > 1): a step in which every request only
+decodes (one known token, no drafts, a sampler that does not read the
+output) decodes up to that many tokens per request in one go; the host
+schedules, applies results and checks stops once per multi-step. A request
+gets fewer where max_tokens, max_model_len or free blocks allow fewer. Stop
+tokens end a request when its tokens are applied; tokens decoded past them
+are dropped, as rejected drafts are.
 """
 
 from __future__ import annotations
@@ -132,6 +140,8 @@ class Scheduler:
             budget = self._schedule_swapped(scheduled, swap_in, budget)
             if not self.swapped:
                 self._schedule_waiting(scheduled, budget)
+        if not (preempted or blocked or swap_in):
+            scheduled = self._multi_step(scheduled, ahead)
         finished, self._finished_since_last_step = self._finished_since_last_step, []
         return SchedulerOutput(scheduled, swap_out, swap_in, finished, needs_preemption=blocked,
                                spec_plan=self._steady(plan, scheduled))
@@ -166,6 +176,24 @@ class Scheduler:
             self._preempt(victim, swap_out)
             preempted = True
         return preempted, False
+
+    def _multi_step(self, scheduled: list[ScheduledRequest], ahead: _InFlight | None) -> list[ScheduledRequest]:
+        """`scheduled` as a multi-step where it allows one: every request decodes
+        (see the module docstring), each taking as many tokens as max_tokens,
+        max_model_len and free blocks leave it, up to num_scheduler_steps."""
+        most = self.config.num_scheduler_steps
+        if most == 1 or not scheduled or not all(_decodes_plainly(item) for item in scheduled):
+            return scheduled
+        multi = []
+        for item in scheduled:
+            request = item.request
+            known = ahead.progress(request)[1] if ahead is not None else request.num_tokens
+            num_output = len(request.output_token_ids) + known - request.num_tokens  # with tokens in flight
+            num_steps = min(most, request.max_tokens - num_output, self.config.max_model_len - known)
+            if num_steps > 1 and self.kv.grow(request, item.start + num_steps):
+                item = replace(item, block_table=tuple(self.kv.block_table(request.request_id)), num_steps=num_steps)
+            multi.append(item)
+        return multi
 
     def _speculation_choices(self, queue: list[Request]) -> tuple[dict[Request, int], StepPlan | None]:
         """K per decoding request, and the step's plan (None without speculation)."""
@@ -276,7 +304,7 @@ class Scheduler:
             request_id = request.request_id
             accepted = model_output.num_accepted.get(request_id, 0)
             # Rejected draft positions are dropped by not counting them.
-            request.num_computed_tokens += item.num_new_tokens - item.num_spec_tokens + accepted
+            request.num_computed_tokens += item.num_new_tokens + item.num_steps - 1 - item.num_spec_tokens + accepted
             request.num_draft_computed_tokens = min(
                 model_output.draft_computed.get(request_id, request.num_draft_computed_tokens),
                 request.num_computed_tokens)
@@ -296,8 +324,10 @@ class Scheduler:
     def observe_step_period(self, output: SchedulerOutput, seconds: float) -> None:
         """A finished step's wall period, for adaptive speculation. Steps without a
         decoding request say nothing about K (scheduled ahead, one can be empty),
-        and a swap is not what a K costs."""
+        and neither a swap nor a multi-step is what a K costs."""
         if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
+            return
+        if any(item.num_steps > 1 for item in output.scheduled):
             return
         if any(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens for item in output.scheduled):
             self.speculation.observe_step(output.spec_plan, seconds)
@@ -367,28 +397,37 @@ class Scheduler:
             raise AssertionError("no swapped requests, yet CPU swap blocks are held")
 
 
+def _decodes_plainly(item: ScheduledRequest) -> bool:
+    """One known token to compute and sample from, no drafts, and a sampler
+    that does not read the output (so later tokens need not reach the host)."""
+    return (item.num_new_tokens == 1 and item.samples and not item.num_spec_tokens
+            and not item.request.sampler_reads_output)
+
+
 @dataclass(frozen=True)
 class _InFlight:
-    """What a step still running will add: positions computed and tokens sampled, per request."""
+    """What a step still running will add, per request: positions computed and tokens sampled."""
 
     computed: dict[str, int]
-    sampled: frozenset[str]
+    sampled: dict[str, int]
 
     @classmethod
     def of(cls, step: SchedulerOutput | None) -> _InFlight | None:
         if step is None:
             return None
-        return cls({item.request.request_id: item.num_new_tokens for item in step.scheduled},
-                   frozenset(item.request.request_id for item in step.scheduled if item.samples))
+        return cls({item.request.request_id: item.num_new_tokens + item.num_steps - 1 for item in step.scheduled},
+                   {item.request.request_id: item.num_steps for item in step.scheduled if item.samples})
 
     def progress(self, request: Request) -> tuple[int, int]:
         """(computed, known) positions once the step completes."""
         request_id = request.request_id
         return (request.num_computed_tokens + self.computed.get(request_id, 0),
-                request.num_tokens + (request_id in self.sampled))
+                request.num_tokens + self.sampled.get(request_id, 0))
 
     def ends(self, request: Request, max_model_len: int) -> bool:
-        """Whether the step's token takes the request to max_tokens or max_model_len."""
-        if request.request_id not in self.sampled:
+        """Whether the step's tokens take the request to max_tokens or max_model_len."""
+        count = self.sampled.get(request.request_id, 0)
+        if not count:
             return False
-        return len(request.output_token_ids) + 1 >= request.max_tokens or request.num_tokens + 1 >= max_model_len
+        return (len(request.output_token_ids) + count >= request.max_tokens
+                or request.num_tokens + count >= max_model_len)

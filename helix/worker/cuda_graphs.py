@@ -104,6 +104,26 @@ def graphs_supported(model: LlamaForCausalLM, kv_cache: torch.Tensor) -> bool:
     return triton_attention._usable(probe, kv_cache[0])
 
 
+# Replays staged ahead of the device at most (a multi-step stages each of its
+# forwards while earlier ones run).
+_STAGING_DEPTH = 4
+
+
+class _HostStaging:
+    """Pinned host buffers for one replay's inputs, with numpy views (filling
+    them from lists costs no tensor ops) and an event after their copies."""
+
+    def __init__(self, max_tokens: int, max_seqs: int, max_blocks: int):
+        self.tokens = torch.zeros((3, max_tokens), dtype=torch.int64, pin_memory=True)  # ids, positions, slots
+        self.seq_lens = torch.zeros(max_seqs, dtype=torch.int32, pin_memory=True)
+        self.tables = torch.zeros((max_seqs, max_blocks), dtype=torch.int32, pin_memory=True)
+        self.tokens_np = self.tokens.numpy()
+        self.seq_lens_np = self.seq_lens.numpy()
+        self.tables_np = self.tables.numpy()
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+
+
 class GraphRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int, max_model_len: int,
                  max_num_seqs: int, query_lens: Sequence[int] = (1,)):
@@ -128,18 +148,11 @@ class GraphRunner:
         self._query_start_loc = {q: torch.arange(0, q * (max_bs + 1), q, dtype=torch.int32, device=self.device)
                                  for q in self.buckets}
         self.row_indices = torch.arange(max_bs, dtype=torch.int64, device=self.device)
-        # Pinned staging for non-blocking host-to-device copies.
-        self._host_tokens = torch.zeros((3, max_tokens), dtype=torch.int64, pin_memory=True)
-        self._host_seq_lens = torch.zeros(max_bs, dtype=torch.int32, pin_memory=True)
-        self._host_tables = torch.zeros((max_bs, self.max_blocks), dtype=torch.int32, pin_memory=True)
-        # numpy views of the pinned buffers: filling them from lists costs no tensor ops.
-        self._host_tokens_np = self._host_tokens.numpy()
-        self._host_seq_lens_np = self._host_seq_lens.numpy()
-        self._host_tables_np = self._host_tables.numpy()
+        # Pinned staging, used in turn, so the host can stage a few replays ahead of the device.
+        self._staging = [_HostStaging(max_tokens, max_bs, self.max_blocks) for _ in range(_STAGING_DEPTH)]
+        self._num_staged = 0
         # Memoised split choice, bounded: a long-running server sees many context lengths.
         self._splits_for = functools.lru_cache(maxsize=4096)(self._split_for_longest)
-        self._staged = torch.cuda.Event()
-        self._staged.record()
         self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         self.replays: Counter[tuple[int, int, int]] = Counter()  # (bucket, q, num_splits) -> count
@@ -287,20 +300,23 @@ class GraphRunner:
                seq_lens: list[int], tables: list[Sequence[int]]) -> None:
         num_seqs, num_tokens = len(seq_lens), len(ids)
         padded_tokens = bucket * query_len
-        # The previous step's copies must have read the staging buffers.
-        self._staged.synchronize()
-        host = self._host_tokens_np
+        staging = self._staging[self._num_staged % _STAGING_DEPTH]
+        self._num_staged += 1
+        # The copies that last used these buffers must have read them.
+        staging.copied.synchronize()
+        host = staging.tokens_np
         host[0, :num_tokens], host[1, :num_tokens], host[2, :num_tokens] = ids, positions, slots
         host[:2, num_tokens:padded_tokens] = 0
         host[2, num_tokens:padded_tokens] = -1
-        self._host_seq_lens_np[:num_seqs] = seq_lens
-        self._host_seq_lens_np[num_seqs:bucket] = 0
-        fill_block_tables(self._host_tables_np, tables)
+        staging.seq_lens_np[:num_seqs] = seq_lens
+        staging.seq_lens_np[num_seqs:bucket] = 0
+        fill_block_tables(staging.tables_np, tables)
         # Table entries past each real row's length (and padding rows' tables) are
         # never read by real rows; stale ones are still valid block ids. Tokens past
         # `padded_tokens` are unused by this graph; copying the whole (small) token
         # buffer keeps the copy contiguous.
-        self._tokens.copy_(self._host_tokens, non_blocking=True)
-        self._seq_lens[:bucket].copy_(self._host_seq_lens[:bucket], non_blocking=True)
-        self._block_tables[:num_seqs].copy_(self._host_tables[:num_seqs], non_blocking=True)
-        self._staged.record()
+        self._tokens.copy_(staging.tokens, non_blocking=True)
+        self._seq_lens[:bucket].copy_(staging.seq_lens[:bucket], non_blocking=True)
+        self._block_tables[:num_seqs].copy_(staging.tables[:num_seqs], non_blocking=True)
+        staging.copied.record()
+

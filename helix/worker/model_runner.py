@@ -7,7 +7,9 @@ requests, never writes them.
 One step: swap blocks; the proposer drafts tokens for speculating requests;
 one target forward over every span (prompt chunks, decode tokens, and
 last-token-plus-drafts verification spans); then plain sampling for ordinary
-requests and rejection sampling for speculating ones.
+requests and rejection sampling for speculating ones. A multi-step (requests
+with `num_steps` > 1) then runs further decode forwards, each fed the tokens
+the one before chose, before anything is read back.
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ class ModelRunner:
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
         self._rows: dict[str, SamplingRow] = {}  # per running request, at its next position
-        # The last launched step's choices: a step scheduled ahead feeds them in.
-        self._last_sampled: _PendingSamples | None = None
+        # The last launched step's choices, one entry per forward that sampled (several
+        # in a multi-step): a step scheduled ahead feeds them in.
+        self._last_sampled: list[_PendingSamples] = []
 
     @torch.inference_mode()
     def launch(self, step: SchedulerOutput) -> Callable[[], ModelOutput]:
@@ -122,12 +125,15 @@ class ModelRunner:
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)
         verify = self._start_verify(step.scheduled, hidden, rows, proposals)
-        self._last_sampled = sampling
+        self._last_sampled = [sampling] if sampling is not None else []
+        self._launch_more_steps(step.scheduled)
+        samplings = self._last_sampled
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
             _finish_prompt_logprobs(prompt_logprobs, output)
-            self._finish_sampling(sampling, output)
+            for pending in samplings:  # in order: a multi-step's tokens
+                self._finish_sampling(pending, output)
             proposals.read_drafts()
             self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
@@ -135,9 +141,22 @@ class ModelRunner:
 
         return finish
 
+    def _launch_more_steps(self, scheduled: list[ScheduledRequest]) -> None:
+        """A multi-step's forwards after the first: forward i decodes position
+        start + i of every request with more than i steps, fed the token that
+        forward i - 1 chose, and queues its own choice."""
+        for index in range(1, max(item.num_steps for item in scheduled)):
+            decoding = [ScheduledRequest(item.request, item.start + index, 1, item.block_table)
+                        for item in scheduled if item.num_steps > index]
+            no_drafts = Proposals()
+            hidden, rows = self._forward(decoding, no_drafts)
+            sampling = self._start_sampling(decoding, rows, hidden, no_drafts)
+            assert sampling is not None  # every request of the forward samples
+            self._last_sampled.append(sampling)
+
     def _forward(self, scheduled: list[ScheduledRequest], proposals: Proposals) -> tuple[torch.Tensor, SpanRows]:
         spans, token_ids = [], []
-        fed_spans, fed_rows = [], []
+        fed: dict[int, tuple[_PendingSamples, list[int], list[int]]] = {}  # by source: (source, spans, rows)
         num_device_drafts = Counter(request_id for rows in proposals.on_device for request_id in rows.request_ids)
         for index, item in enumerate(scheduled):
             request = item.request
@@ -148,17 +167,19 @@ class ModelRunner:
                 drafts = [0] * num_device_drafts[request_id] if num_device_drafts[request_id] else (
                     proposal.token_ids if proposal is not None else [])
                 tokens = request.token_ids(item.start, item.start + 1) + drafts
-            elif item.start == request.num_tokens:  # scheduled ahead: the previous step is sampling it
+            elif item.start >= request.num_tokens:  # scheduled ahead: an earlier forward is choosing it
+                source, row = self._previous_choice(request_id)
+                _, fed_spans, fed_rows = fed.setdefault(id(source), (source, [], []))
                 fed_spans.append(index)
-                fed_rows.append(self._previous_choice(request_id))
+                fed_rows.append(row)
                 tokens = [0] * item.num_new_tokens  # a placeholder, overwritten on the device
             else:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
             spans.append(SequenceSpan(item.block_table, item.start, len(tokens)))
             token_ids.extend(tokens)
         feeds = self._draft_feeds(scheduled, proposals)
-        if fed_spans and self._last_sampled is not None:  # _previous_choice checked it
-            feeds.append(TokenFeed(tuple(fed_spans), self._last_sampled.tokens.token_ids, tuple(fed_rows)))
+        feeds.extend(TokenFeed(tuple(fed_spans), source.tokens.token_ids, tuple(fed_rows))
+                     for source, fed_spans, fed_rows in fed.values())
         counts = tuple(span.num_new for span in spans)
         if self.graphs is not None:
             replayed = self.graphs.run(spans, token_ids, feeds)
@@ -182,12 +203,14 @@ class ModelRunner:
                           tuple(range(len(rows.request_ids))), offset=1 + depth)
                 for depth, rows in enumerate(proposals.on_device)]
 
-    def _previous_choice(self, request_id: str) -> int:
-        """Where the last launched step's choice for this request sits in its chosen ids."""
-        if self._last_sampled is None or request_id not in self._last_sampled.row_of:
-            raise RuntimeError(f"request {request_id} was scheduled ahead, but the previous step sampled "
-                               "no token for it")
-        return self._last_sampled.row_of[request_id]
+    def _previous_choice(self, request_id: str) -> tuple[_PendingSamples, int]:
+        """The latest forward that chose a token for this request, and the row of
+        that choice in its chosen ids."""
+        for sampling in reversed(self._last_sampled):
+            row = sampling.row_of.get(request_id)
+            if row is not None:
+                return sampling, row
+        raise RuntimeError(f"request {request_id} was scheduled ahead, but the previous step sampled no token for it")
 
     def _start_sampling(self, scheduled: list[ScheduledRequest], rows: SpanRows, hidden: torch.Tensor,
                         proposals: Proposals) -> _PendingSamples | None:
@@ -210,9 +233,10 @@ class ModelRunner:
         if pending is None:
             return
         for request_id, token in zip(pending.request_ids, pending.tokens.result()):
-            output.sampled[request_id] = [token.token_id]
+            output.sampled.setdefault(request_id, []).append(token.token_id)
             if token.logprob is not None:
-                output.logprobs[request_id] = [TokenLogprobs(token.token_id, token.logprob, token.top_logprobs)]
+                output.logprobs.setdefault(request_id, []).append(
+                    TokenLogprobs(token.token_id, token.logprob, token.top_logprobs))
 
     def _start_verify(self, scheduled: list[ScheduledRequest], hidden: torch.Tensor, span_rows: SpanRows,
                       proposals: Proposals) -> _PendingVerify | None:

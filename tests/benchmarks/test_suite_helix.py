@@ -64,6 +64,7 @@ def _results() -> dict[str, Any]:
         "decode": {"A": decode_a}, "spec": {"A": spec_a},
         "throughput": {"model": "a", "options": {}, "helix": {"output_tok_s": 9000.0, "seconds": 7.0,
                                                               "requests": 256, "prompt_tokens": 80000},
+                       "helix_single_step": {"output_tok_s": 6000.0, "seconds": 10.5},
                        "hf_generate_batch": {"output_tok_s": 500.0, "seconds": 130.0}},
         "served": {"plain": {"server_command": "helix serve", "runs": [run(1.0, 4.0, 250.0), run("inf", 9.0, 8500.0)]},
                    "speculative": {"server_command": "helix serve --draft", "runs": [run(1.0, 2.0, 250.0),
@@ -95,6 +96,7 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
     text = report.markdown(results, Path("results/run.json"))
     for fragment in ("Card", "commit abc", "`python -m benchmarks.suite`", "| A: a | 1000 | 700 | 70% |",
                      "failed: RuntimeError: no compiler", "| transformers generate_batch | 500 |",
+                     "| Helix, num_scheduler_steps=1 | 6000 |",
                      "`helix serve --draft`", "Load command (per rate): `load`", "| no |"):
         assert fragment in text, fragment
 

@@ -18,6 +18,7 @@ import torch
 
 from helix import LLM, SamplingParams
 from helix.worker.cuda_graphs import GraphRunner
+from tests.engine.test_multi_step import count_multi_steps
 from tests.regimes import _REGIME_OPTIONS, assert_drained, run_regime
 from tests.tiny_models import ARCHITECTURES, VOCAB_SIZE
 
@@ -109,6 +110,33 @@ def test_scheduling_ahead_matches_scheduling_after_results(regime: str, dtype: s
         results[async_scheduling] = outputs
     assert results[True] == results[False]
     assert any(reason == "stop" for _, reason in results[True][1])
+
+
+@pytest.mark.parametrize("regime", ["ample", "swap"])
+def test_multi_steps_match_single_steps(regime: str, tiny_model_dirs: dict[str, Path],
+                                        greedy_prompts: list[list[int]]) -> None:
+    """A multi-step's replays, each staged while earlier ones run and fed the
+    tokens the one before chose on the device, give the tokens of single steps:
+    greedy, and seeded sampling with stop tokens (fp32, so that batches of other
+    shapes choose the same tokens)."""
+    options: dict[str, Any] = {**_REGIME_OPTIONS[regime], "dtype": "float32"}
+    greedy = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    sampled = [SamplingParams(temperature=0.8, top_p=0.95, max_tokens=20, seed=i, stop_token_ids=[7, 11])
+               for i in range(len(greedy_prompts))]
+    results = {}
+    for num_scheduler_steps in (1, 8):
+        llm = LLM(str(tiny_model_dirs["llama"]), device="cuda", block_size=4, max_num_batched_tokens=128,
+                  check_invariants=True, async_scheduling=True, num_scheduler_steps=num_scheduler_steps, **options)
+        calls = _record_batches(llm.engine.runner.graphs)
+        multi = count_multi_steps(llm)
+        results[num_scheduler_steps] = [
+            [(c.token_ids, c.finish_reason) for o in llm.generate(greedy_prompts, params, use_tqdm=False)
+             for c in o.outputs] for params in (greedy, sampled)]
+        assert_drained(llm)
+        assert any(replayed for _, replayed in calls)
+        assert (multi[0] > 0) == (num_scheduler_steps > 1)
+    assert results[8] == results[1]
+    assert any(reason == "stop" for _, reason in results[8][1])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -6,7 +6,8 @@ Every step it applies the swaps, writes the scheduled positions, then checks
 that every position each request attends to holds that request's own prefix,
 so a lost, aliased or stale block shows up as a wrong slot, not just as a
 miscount. It samples a token for each request whose step computes its last
-known token.
+known token (a multi-step: `num_steps` tokens, each written at the next
+position before the next is sampled).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def make_request(request_id: str, prompt: int | list[int], max_tokens: int = 4, 
 
 def make_scheduler(num_gpu_blocks: int = 64, num_cpu_blocks: int = 0, *, prefix_caching: bool = False,
                    watermark: float = 0.0, max_model_len: int = 256, max_num_seqs: int = 256,
-                   max_num_batched_tokens: int = 64, policy: str = "fcfs") -> Scheduler:
+                   max_num_batched_tokens: int = 64, policy: str = "fcfs",
+                   num_scheduler_steps: int = 1) -> Scheduler:
     kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, BLOCK, prefix_caching, watermark)
     config = SchedulerConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens, policy=policy, watermark=watermark,
-                             check_invariants=True)
+                             check_invariants=True, num_scheduler_steps=num_scheduler_steps)
     return Scheduler(config, kv)
 
 
@@ -69,21 +71,32 @@ class FakeWorker:
     def execute(self, output: SchedulerOutput) -> ModelOutput:
         self._copy(output.swap_out, self.gpu, self.cpu)
         self._copy(output.swap_in, self.cpu, self.gpu)
+        # `samples` reads the live request: it is only meaningful before the update.
+        sampled = {item.request.request_id: self._sample(item.request, item.num_steps)
+                   for item in output.scheduled if item.samples}
         for item in output.scheduled:
-            assert len(item.block_table) >= blocks_for_tokens(item.start + item.num_new_tokens, self.block_size)
-            tokens = item.request.all_token_ids
-            for position in range(item.start, item.start + item.num_new_tokens):
+            end = item.start + item.num_new_tokens + item.num_steps - 1  # a multi-step computes num_steps positions
+            assert len(item.block_table) >= blocks_for_tokens(end, self.block_size)
+            tokens = item.request.all_token_ids + sampled.get(item.request.request_id, [])[:-1]
+            for position in range(item.start, end):
                 self.gpu[self._slot(item.block_table, position)] = tuple(tokens[:position + 1])
         for item in output.scheduled:  # attention reads after every write of the step
-            tokens = item.request.all_token_ids
-            for position in range(item.start + item.num_new_tokens):
+            tokens = item.request.all_token_ids + sampled.get(item.request.request_id, [])[:-1]
+            for position in range(item.start + item.num_new_tokens + item.num_steps - 1):
                 stored = self.gpu.get(self._slot(item.block_table, position))
                 assert stored == tuple(tokens[:position + 1]), (
                     f"{item.request.request_id}: position {position} holds the wrong K/V")
-        # `samples` reads the live request: it is only meaningful before the update.
-        self.sampled = [item.request.request_id for item in output.scheduled if item.samples]
-        return ModelOutput(sampled={item.request.request_id: [self.next_token(item.request)]
-                                    for item in output.scheduled if item.samples})
+        self.sampled = list(sampled)
+        return ModelOutput(sampled=sampled)
+
+    def _sample(self, request: Request, count: int) -> list[int]:
+        """`count` tokens, as if each were appended before the next is chosen."""
+        outputs = request.output_token_ids
+        for _ in range(count):
+            outputs.append(self.next_token(request))
+        tokens = outputs[len(outputs) - count:]
+        del outputs[len(outputs) - count:]
+        return tokens
 
     def _slot(self, table: tuple[int, ...], position: int) -> tuple[int, int]:
         return table[position // self.block_size], position % self.block_size
