@@ -324,13 +324,13 @@ class Scheduler:
     def observe_step_period(self, output: SchedulerOutput, seconds: float) -> None:
         """A finished step's wall period, for adaptive speculation. Steps without a
         decoding request say nothing about K (scheduled ahead, one can be empty),
-        and neither a swap nor a multi-step is what a K costs."""
+        and a swap is not what a K costs. A multi-step (K = 0) counts as its
+        positions' share each: plain decoding costs that per token."""
         if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
             return
-        if any(item.num_steps > 1 for item in output.scheduled):
-            return
         if any(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens for item in output.scheduled):
-            self.speculation.observe_step(output.spec_plan, seconds)
+            positions = max(item.num_steps for item in output.scheduled)
+            self.speculation.observe_step(output.spec_plan, seconds / positions)
 
     def _observe_speculation(self, request: Request, proposed: int, accepted: int) -> None:
         if proposed <= 0 or self.speculation is None:

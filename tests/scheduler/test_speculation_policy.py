@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from helix import LLM
 from helix.sampling_params import SamplingParams
-from helix.scheduler.outputs import SchedulerOutput
+from helix.scheduler.outputs import ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import Request
 from helix.scheduler.speculation import Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class
 
@@ -214,3 +216,14 @@ def test_batch_tokens_sum_each_requests_expected_tokens_within_its_limit() -> No
     for k in range(K_MAX + 1):
         want = sum(expected_tokens(spec.acceptance_rate(item), min(k, limit)) for item, limit in decoding)
         assert abs(tokens[k] - want) < 1e-9
+
+
+def test_a_multi_step_is_measured_per_position(tiny_model_dirs: dict[str, Path]) -> None:
+    """Plain decoding in multi-steps of 4 costs a quarter of the multi-step's
+    period per token: that is what K = 0 is priced at."""
+    model = str(tiny_model_dirs["llama"])
+    scheduler = LLM(model, draft_model=model, num_kv_blocks=64, block_size=4).engine.scheduler
+    request = Request("x", [5, 6, 7], SamplingParams(max_tokens=8), eos_token_ids=frozenset())
+    multi = ScheduledRequest(request, 2, 1, (0,), num_steps=4)
+    scheduler.observe_step_period(SchedulerOutput([multi], spec_plan=StepPlan(1, 0)), 4e-3)
+    assert scheduler.speculation.step_seconds(1) == {0: pytest.approx(1e-3)}
