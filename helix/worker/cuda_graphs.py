@@ -35,12 +35,14 @@ contexts beyond max_model_len fall back to eager (`run` returns None).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
+import gc
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -79,6 +81,22 @@ def fill_block_tables(host_tables: Any, tables: Sequence[Sequence[int]]) -> None
     for row, table in enumerate(tables):
         host_tables[row, :len(table)] = table
         host_tables[row, len(table):width] = 0
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No garbage collection while graphs are captured. Collecting an object that
+    owns CUDA events or pinned memory (a dropped engine's) calls into CUDA, which
+    a capture forbids: the capture would be invalidated, and the process's CUDA
+    state with it. What is already garbage is collected first."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def capture_graphs(model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int,
@@ -190,16 +208,17 @@ class GraphRunner:
         self._pool = torch.cuda.graph_pool_handle()
         shapes = sorted(((q, b) for q, buckets in self.buckets.items() for b in buckets),
                         key=lambda shape: -shape[0] * shape[1])
-        for query_len, bucket in shapes:
-            input_ids = self._tokens[0, :bucket * query_len]
-            for splits in self.split_choices(bucket, query_len):
-                meta = self._static_meta(bucket, query_len, splits)
-                self.model(input_ids, self.kv_cache, meta)  # compiles kernels; pads write nothing
-                torch.cuda.synchronize(self.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
-                    hidden = self.model(input_ids, self.kv_cache, meta)
-                self._graphs[(bucket, query_len, splits)] = (graph, hidden)
+        with collection_paused():
+            for query_len, bucket in shapes:
+                input_ids = self._tokens[0, :bucket * query_len]
+                for splits in self.split_choices(bucket, query_len):
+                    meta = self._static_meta(bucket, query_len, splits)
+                    self.model(input_ids, self.kv_cache, meta)  # compiles kernels; pads write nothing
+                    torch.cuda.synchronize(self.device)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self._pool):
+                        hidden = self.model(input_ids, self.kv_cache, meta)
+                    self._graphs[(bucket, query_len, splits)] = (graph, hidden)
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
         logger.info("captured %d CUDA graphs of the %s forward (query lengths %s; batch sizes %s) in %.2f s, "

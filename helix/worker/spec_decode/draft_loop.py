@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from helix.worker.attention.metadata import AttentionMetadata
-from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, fill_block_tables
+from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, collection_paused, fill_block_tables
 from helix.worker.models import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -72,15 +72,16 @@ class DraftLoopGraphs:
         if self.max_depth < 1:
             return
         started = time.perf_counter()
-        for bucket in reversed(self.buckets):
-            for depth in range(self.max_depth, 0, -1):
-                for splits in self.passes.split_choices(bucket, 1):
-                    self._passes(bucket, depth, splits)  # compiles kernels; padding rows write nothing
-                    torch.cuda.synchronize()
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self.passes.memory_pool):
-                        self._passes(bucket, depth, splits)
-                    self._graphs[(bucket, depth, splits)] = graph
+        with collection_paused():
+            for bucket in reversed(self.buckets):
+                for depth in range(self.max_depth, 0, -1):
+                    for splits in self.passes.split_choices(bucket, 1):
+                        self._passes(bucket, depth, splits)  # compiles kernels; padding rows write nothing
+                        torch.cuda.synchronize()
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph, pool=self.passes.memory_pool):
+                            self._passes(bucket, depth, splits)
+                        self._graphs[(bucket, depth, splits)] = graph
         torch.cuda.synchronize()
         logger.info("captured %d CUDA graphs of up to %d greedy draft passes (batch sizes %s) in %.2f s",
                     len(self._graphs), self.max_depth, ",".join(map(str, self.buckets)),
