@@ -317,6 +317,11 @@ class EngineCore:
         per_position = {f"acceptance_rate_position_{i}": accepted / proposed
                         for i, (accepted, proposed) in enumerate(zip(counters.accepted_per_position,
                                                                       counters.proposed_per_position))}
+        steps = {f"spec_steps_k_{k}": count for k, count in sorted(counters.steps_by_k.items())}
+        policy = self.scheduler.speculation
+        estimates = {} if policy is None else {
+            f"spec_step_seconds_class_{cls}_k_{k}": seconds
+            for cls, periods in policy.estimates().items() for k, seconds in sorted(periods.items())}
         return {
             "spec_drafts": counters.num_drafts,
             "spec_draft_tokens": counters.num_draft_tokens,
@@ -325,6 +330,8 @@ class EngineCore:
             "mean_accepted_length": counters.mean_accepted_length,
             "spec_synthetic_acceptance": self.args.spec_synthetic_acceptance or 0.0,
             **per_position,
+            **steps,
+            **estimates,
         }
 
     def _rates(self) -> tuple[float, float]:

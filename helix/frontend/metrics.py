@@ -74,6 +74,20 @@ def _speculation_metrics(s: Mapping[str, float | int]) -> Iterator[Metric]:
         if key.startswith("acceptance_rate_position_"):
             per_position.add_metric([key.rsplit("_", 1)[1]], value)
     yield per_position
+    steps = CounterMetricFamily("helix:spec_decode_steps", "Steps with decoding requests, by the number of draft "
+                                "tokens K the speculation policy gave them (0: plain decoding).", labels=["k"])
+    estimates = GaugeMetricFamily("helix:spec_decode_step_seconds",
+                                  "The adaptive policy's estimate of a step's wall period, by batch-size class "
+                                  "(c: 2^(c-1) to 2^c - 1 decoding requests) and K; a multi-step's per position.",
+                                  labels=["batch_class", "k"])
+    for key, value in s.items():
+        if key.startswith("spec_steps_k_"):
+            steps.add_metric([key.rsplit("_", 1)[1]], value)
+        elif key.startswith("spec_step_seconds_class_"):
+            cls, k = key.removeprefix("spec_step_seconds_class_").split("_k_")
+            estimates.add_metric([cls, k], value)
+    yield steps
+    yield estimates
     yield GaugeMetricFamily("helix:spec_decode_synthetic_acceptance",
                             "Benchmark mode: the coin probability that decides acceptance instead of the model "
                             "(0 = off, acceptance is real).", s["spec_synthetic_acceptance"])

@@ -297,6 +297,8 @@ class Scheduler:
     # -- results ---------------------------------------------------------------
     def update_from_output(self, output: SchedulerOutput, model_output: ModelOutput) -> list[RequestUpdate]:
         updates = []
+        if output.spec_plan is not None and output.spec_plan.num_decoding:
+            self.spec_counters.record_step(output.spec_plan.k)
         for item in output.scheduled:
             request = item.request
             if request.is_finished:

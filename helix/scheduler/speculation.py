@@ -226,6 +226,10 @@ class SpeculationPolicy:
         """Estimated step seconds per K at this batch size (those measured so far)."""
         return dict(self._classes.get(batch_class(num_decoding), _ClassState()).periods)
 
+    def estimates(self) -> dict[int, dict[int, float]]:
+        """Estimated step seconds by batch-size class, then K (those measured so far)."""
+        return {cls: dict(state.periods) for cls, state in sorted(self._classes.items())}
+
 
 def _prior_period(periods: dict[int, float], k: int, k_max: int) -> float | None:
     """What a period of K is expected to be before this one: its estimate; for a K
@@ -257,6 +261,10 @@ class SpecCounters:
     num_accepted_tokens: int = 0
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: drafts accepted at position i
     proposed_per_position: list[int] = field(default_factory=list)
+    steps_by_k: dict[int, int] = field(default_factory=dict)  # steps with decoding requests, by their plan's K
+
+    def record_step(self, k: int) -> None:
+        self.steps_by_k[k] = self.steps_by_k.get(k, 0) + 1
 
     def record(self, proposed: int, accepted: int) -> None:
         self.num_drafts += 1
