@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from helix.scheduler.outputs import SchedulerOutput
 from helix.scheduler.request import Request
 from helix.scheduler.scheduler import Scheduler
 from tests.scheduler.test_schedule_ahead import assert_drained, eos_after, mixed_requests, run_pipelined
@@ -59,12 +60,28 @@ def test_no_position_is_computed_twice() -> None:
     assert positions == {r.request_id: r.num_prompt_tokens + len(outputs[r.request_id]) - 1 for r in requests}
 
 
-def test_multi_steps_scheduled_ahead_give_the_same_tokens() -> None:
-    expected, _ = run_counting_multi_steps(make_scheduler(), mixed_requests(), eos_after(STOPS))
+@pytest.mark.parametrize("stops", [STOPS, {}])
+def test_multi_steps_scheduled_ahead_give_the_same_tokens(stops: dict[str, int]) -> None:
+    expected, _ = run_counting_multi_steps(make_scheduler(), mixed_requests(), eos_after(stops))
     scheduler = make_scheduler(num_scheduler_steps=4)
-    outputs, num_ahead = run_pipelined(scheduler, mixed_requests(), eos_after(STOPS))
+    schedule, multi_ahead = scheduler.schedule, [0]
+    positions: Counter[str] = Counter()
+
+    def counting(in_flight: SchedulerOutput | None = None) -> SchedulerOutput:
+        output = schedule(in_flight=in_flight)
+        assert all(item.num_new_tokens >= 1 for item in output.scheduled)
+        multi_ahead[0] += in_flight is not None and any(item.num_steps > 1 for item in output.scheduled)
+        for item in output.scheduled:
+            positions[item.request.request_id] += item.num_new_tokens + item.num_steps - 1
+        return output
+
+    scheduler.schedule = counting  # type: ignore[method-assign]
+    requests = mixed_requests()
+    outputs, num_ahead = run_pipelined(scheduler, requests, eos_after(stops))
     assert outputs == expected
-    assert num_ahead > 0
+    assert num_ahead > 0 and multi_ahead[0] > 0  # multi-steps scheduled behind steps in flight
+    if not stops:  # without stop tokens nothing is launched past the end: each position once
+        assert positions == {r.request_id: r.num_prompt_tokens + len(outputs[r.request_id]) - 1 for r in requests}
     assert_drained(scheduler)
 
 
