@@ -22,11 +22,15 @@ ones is priced by linear interpolation between its nearest measured
 neighbours; that is optimistic, since a step's cost jumps from K = 0 to K = 1
 (the draft passes and the lost overlap) and then grows about linearly, so a K
 is tried when it might be best and is measured from then on. Once per probe
-interval two steps try a K next to the best one (one more, one fewer) or
-plain decoding, in turn (the first step of a K after steps without drafts
+interval two steps try a K next to the best one (one more, one fewer), plain
+decoding or K_max, in turn (the first step of a K after steps without drafts
 also catches the draft model up, and is not measured); the interval doubles
 each time a probe leaves the best K unchanged, so a wrong or stale estimate
-recovers while a settled choice costs little. Steps with prompt chunks count
+recovers while a settled choice costs little. K_max is among the probes
+because neighbours alone can leave a stale K_max unmeasured for good: when
+one draft costs as much as it gains, probes next to plain decoding never
+move the choice, and the line from K = 1 to a K_max whose first step stalled
+prices every K between high. Steps with prompt chunks count
 too (the chunks cost the same whatever K), though a period longer than the
 estimate moves it only a little.
 
@@ -164,7 +168,8 @@ class SpeculationPolicy:
             return state.repeat, best
         if state.decisions + 1 < state.next_probe:
             return best, best
-        order = (best + 1, best - 1, 0) if state.probe_up else (best - 1, best + 1, 0)
+        near = (best + 1, best - 1) if state.probe_up else (best - 1, best + 1)
+        order = (*near, 0, k_max)
         candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
         return candidates[state.probes % len(candidates)], best
 

@@ -1,6 +1,7 @@
 """Adaptive K: each step takes the K with the most expected tokens per measured
 second at its batch size, tries every K once, and keeps re-trying the best K's
-neighbours ever more rarely, so a wrong or stale estimate recovers."""
+neighbours, plain decoding and K_max ever more rarely, so a wrong or stale
+estimate recovers."""
 
 from __future__ import annotations
 
@@ -100,6 +101,22 @@ def test_a_stall_does_not_rule_a_k_out() -> None:
     chosen = run(spec, batch(1), 120)
     assert chosen[:14] == [0] * 14
     assert chosen[-20:].count(4) >= 18  # and the odd probe of K = 3
+
+
+def test_a_stalled_k_max_recovers_where_one_draft_does_not_pay() -> None:
+    """K = 4 pays (3.05 tokens per 2.6 ms against 1 per 1.3 ms) but its first step
+    stalled, and K = 1 costs as much as it gains, so probes next to plain decoding
+    never move the choice and the line between K = 1 and the stalled K = 4 prices
+    K = 2 and 3 high. Probes also try K_max: its estimate recovers and it takes over."""
+    def cost(k: int) -> float:
+        return 1.3 if k == 0 else 2.3 + 0.1 * (k - 1)
+
+    spec = policy()
+    assert run(spec, batch(1), 1, cost=cost) == [0]
+    run(spec, batch(1), 1, step_ms={4: 800.0})
+    assert expected_tokens(0.75, 1) / cost(1) / 1.1 < 1 / cost(0)  # K = 1 alone never beats plain decoding
+    chosen = run(spec, batch(1), 200, cost=cost)
+    assert chosen[-50:].count(4) >= 45
 
 
 def test_a_k_that_got_dearer_is_dropped() -> None:
