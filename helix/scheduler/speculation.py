@@ -30,9 +30,9 @@ recovers while a settled choice costs little. K_max is among the probes
 because neighbours alone can leave a stale K_max unmeasured for good: when
 one draft costs as much as it gains, probes next to plain decoding never
 move the choice, and the line from K = 1 to a K_max whose first step stalled
-prices every K between high. Steps with prompt chunks count
-too (the chunks cost the same whatever K), though a period longer than the
-estimate moves it only a little.
+prices every K between high. Steps with prompt chunks count too (the chunks
+cost the same whatever K), though a period longer than the estimate moves it
+only a little.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
