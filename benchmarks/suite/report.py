@@ -211,5 +211,32 @@ def _served_md(section: Any) -> list[str]:
             lines.append(f"| {run['request_rate']} | {run['completed']} | {run['output_throughput']:.0f} | "
                          f"{run['median_ttft_ms']:.0f} / {run['p99_ttft_ms']:.0f} | "
                          f"{run['median_tpot_ms']:.2f} / {run['p99_tpot_ms']:.2f} |")
-        lines += ["", f"Load command (per rate): `{sweep['runs'][0]['command']}`", ""]
+        lines += [""] + _policy_lines(sweep["runs"])
+        lines += [f"Load command (per rate): `{sweep['runs'][0]['command']}`", ""]
     return lines
+
+
+def _policy_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Per rate, the steps the speculation policy ran at each K during the run and
+    its step-period estimates after it (from the server's metrics); none without speculation."""
+    lines = []
+    for run in runs:
+        metrics = run.get("server_metrics") or {}
+        steps = {_label(key, "k"): count for key, count in metrics.get("counter_deltas", {}).items()
+                 if key.startswith("helix:spec_decode_steps_total") and count}
+        estimates = {(_label(key, "batch_class"), _label(key, "k")): seconds
+                     for key, seconds in metrics.get("gauges", {}).items()
+                     if key.startswith("helix:spec_decode_step_seconds")}
+        if not steps and not estimates:
+            continue
+        by_k = ", ".join(f"K={k}: {count:.0f}" for k, count in sorted(steps.items()))
+        periods = ", ".join(f"class {c} K={k}: {seconds * 1e3:.2f} ms" for (c, k), seconds in sorted(estimates.items()))
+        lines += [f"- rate {run['request_rate']}: steps run at {by_k or '-'}; the policy's step-period estimates: "
+                  f"{periods or '-'}"]
+    return lines + [""] if lines else []
+
+
+def _label(key: str, name: str) -> int:
+    """The integer label `name` of a sample key `metric{a=1,b=2}`."""
+    labels = dict(pair.split("=", 1) for pair in key[key.index("{") + 1:-1].split(","))
+    return int(labels[name])

@@ -67,8 +67,14 @@ def _results() -> dict[str, Any]:
                        "helix_single_step": {"output_tok_s": 6000.0, "seconds": 10.5},
                        "hf_generate_batch": {"output_tok_s": 500.0, "seconds": 130.0}},
         "served": {"plain": {"server_command": "helix serve", "runs": [run(1.0, 4.0, 250.0), run("inf", 9.0, 8500.0)]},
-                   "speculative": {"server_command": "helix serve --draft", "runs": [run(1.0, 2.0, 250.0),
-                                                                                       run("inf", 10.0, 7990.0)]}},
+                   "speculative": {"server_command": "helix serve --draft", "runs": [
+                       {**run(1.0, 2.0, 250.0), "server_metrics": {
+                           "counter_deltas": {"helix:spec_decode_steps_total{k=0}": 12.0,
+                                              "helix:spec_decode_steps_total{k=4}": 300.0,
+                                              "helix:generation_tokens_total": 4096.0},
+                           "gauges": {"helix:spec_decode_step_seconds{batch_class=1,k=0}": 0.00126,
+                                      "helix:spec_decode_step_seconds{batch_class=1,k=4}": 0.0024}}},
+                       run("inf", 10.0, 7990.0)]}},
     }
 
 
@@ -97,6 +103,8 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
     for fragment in ("Card", "commit abc", "`python -m benchmarks.suite`", "| A: a | 1000 | 700 | 70% |",
                      "failed: RuntimeError: no compiler", "| transformers generate_batch | 500 |",
                      "| Helix, num_scheduler_steps=1 | 6000 |",
+                     "- rate 1.0: steps run at K=0: 12, K=4: 300; the policy's step-period estimates: class 1 K=0: "
+                     "1.26 ms, class 1 K=4: 2.40 ms",
                      "`helix serve --draft`", "Load command (per rate): `load`", "| no |"):
         assert fragment in text, fragment
 
