@@ -86,10 +86,16 @@ def test_stop_tokens_end_requests_as_without_scheduling_ahead(tiny_model_dirs: d
     assert num_ahead > 0
 
 
-def test_stop_strings_and_seeded_sampling_match(tiny_model_dirs: dict[str, Path]) -> None:
+def stop_string_requests() -> tuple[list[str], list[SamplingParams]]:
+    """Text prompts with seeded top-k/top-p sampling, stop strings that end most of
+    them early, and logprobs."""
     prompts = ["the quick brown fox", "a b c", "hello there", "once upon a time"] * 3
-    params = [SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=24, seed=100 + i,
-                             stop=["e", "a "], logprobs=2) for i in range(len(prompts))]
+    return prompts, [SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=24, seed=100 + i,
+                                    stop=["e", "a "], logprobs=2) for i in range(len(prompts))]
+
+
+def test_stop_strings_and_seeded_sampling_match(tiny_model_dirs: dict[str, Path]) -> None:
+    prompts, params = stop_string_requests()
     plain, ahead, num_ahead = generate_both_ways(tiny_model_dirs["llama"], prompts, params,
                                                  num_kv_blocks=128, block_size=4)
     assert completions(ahead) == completions(plain)

@@ -15,7 +15,7 @@ from helix import LLM, SamplingParams
 from helix.engine_args import EngineArgs
 from helix.outputs import RequestOutput
 from helix.scheduler.outputs import SchedulerOutput
-from tests.engine.test_async_scheduling import assert_same_logprobs, completions
+from tests.engine.test_async_scheduling import assert_same_logprobs, completions, stop_string_requests
 from tests.regimes import REGIMES, assert_drained, run_regime
 
 
@@ -75,9 +75,7 @@ def test_stop_tokens_inside_a_multi_step_end_requests_there(async_scheduling: bo
 
 
 def test_stop_strings_seeds_and_logprobs_match_single_steps(tiny_model_dirs: dict[str, Path]) -> None:
-    prompts = ["the quick brown fox", "a b c", "hello there", "once upon a time"] * 3
-    params = [SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=24, seed=100 + i,
-                             stop=["e", "a "], logprobs=2) for i in range(len(prompts))]
+    prompts, params = stop_string_requests()
     options = dict(num_kv_blocks=128, block_size=4, async_scheduling=True)
     single, _ = generate(tiny_model_dirs["llama"], prompts, params, 1, **options)
     multi, num_multi = generate(tiny_model_dirs["llama"], prompts, params, 5, **options)
