@@ -169,9 +169,11 @@ class ModelRunner:
                 tokens = request.token_ids(item.start, item.start + 1) + drafts
             elif item.start >= request.num_tokens:  # scheduled ahead: an earlier forward is choosing it
                 source, row = self._previous_choice(request_id)
-                _, fed_spans, fed_rows = fed.setdefault(id(source), (source, [], []))
-                fed_spans.append(index)
-                fed_rows.append(row)
+                group = fed.get(id(source))
+                if group is None:  # not setdefault: its default would be built for every request
+                    group = fed[id(source)] = (source, [], [])
+                group[1].append(index)
+                group[2].append(row)
                 tokens = [0] * item.num_new_tokens  # a placeholder, overwritten on the device
             else:
                 tokens = request.token_ids(item.start, item.start + item.num_new_tokens)
