@@ -78,7 +78,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 # -- helix serve ------------------------------------------------------------------------
 def _add_serve(commands: Any) -> None:
     from helix.frontend.chat_template import DEFAULT_CHAT_TEMPLATE
-    from helix.frontend.state import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_REQUESTS
+    from helix.frontend.state import DEFAULT_BACKLOG, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_REQUESTS
 
     serve = commands.add_parser("serve", help="Serve a model over an OpenAI-compatible HTTP API.",
                                 description="Serve a model over an OpenAI-compatible HTTP API.", allow_abbrev=False,
@@ -107,6 +107,9 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                         help="On SIGTERM, seconds in-flight requests get to finish before they are aborted "
                              "(new requests get 503 meanwhile); then the process exits 0 (default: %(default)s).")
+    server.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, metavar="N",
+                        help="Connections the kernel queues until the server accepts them; a burst of new "
+                             "connections beyond it waits a second to retry (default: %(default)s).")
     server.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="Seconds between status log lines, written only when something happened; "
                              "0 turns them off (default: %(default)s).")
@@ -131,6 +134,8 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.spec_synthetic_acceptance is not None and not args.benchmark_mode:
         parser.error("--spec-synthetic-acceptance is benchmark-only (outputs are not the model's); "
                      "add --benchmark-mode to allow it")
+    if args.backlog < 1:
+        parser.error(f"--backlog: must be at least 1, got {args.backlog}")
     if args.chat_template is not None:
         try:
             ChatTemplate.resolve(None, args.chat_template)
@@ -140,18 +145,18 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                           chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes)
     return _run_async(_serve(engine_kwargs(args), args.engine_process, config, args.host, args.port,
-                             args.log_interval, args.shutdown_timeout))
+                             args.log_interval, args.shutdown_timeout, args.backlog))
 
 
 async def _serve(kwargs: dict[str, Any], engine_process: bool, config: Any, host: str, port: int,
-                 log_interval_s: float, shutdown_timeout_s: float) -> int:
+                 log_interval_s: float, shutdown_timeout_s: float, backlog: int) -> int:
     from helix.engine import AsyncEngine, freeze_startup_objects
     from helix.engine_process import EngineProcess
     from helix.frontend.server import serve
 
     engine = EngineProcess(**kwargs) if engine_process else AsyncEngine(**kwargs)
     freeze_startup_objects()
-    return await serve(engine, config, host, port, log_interval_s, shutdown_timeout_s)
+    return await serve(engine, config, host, port, log_interval_s, shutdown_timeout_s, backlog)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:

@@ -22,7 +22,7 @@ from helix.frontend import openapi, routes_chat, routes_completions, routes_misc
 from helix.frontend.auth import auth_middleware
 from helix.frontend.errors import error_middleware
 from helix.frontend.routing import Endpoint
-from helix.frontend.state import STATE, ServerConfig, ServerState
+from helix.frontend.state import DEFAULT_BACKLOG, STATE, ServerConfig, ServerState
 from helix.frontend.status_log import log_status
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def serve(engine: EngineStreams, config: ServerConfig, host: str, port: int, log_interval_s: float,
-                shutdown_timeout_s: float = 30.0) -> int:
+                shutdown_timeout_s: float = 30.0, backlog: int = DEFAULT_BACKLOG) -> int:
     """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully:
     refuse new requests with 503, give in-flight ones `shutdown_timeout_s` to
     finish, abort the rest (handler cancellation aborts their engine requests),
@@ -66,7 +66,7 @@ async def serve(engine: EngineStreams, config: ServerConfig, host: str, port: in
     stop = asyncio.Event()
     _on_signals(stop)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=backlog).start()
         logger.info("serving %r on http://%s:%d", config.served_model_name, host, port)
         signalled, died = asyncio.create_task(stop.wait()), asyncio.create_task(engine.died.wait())
         await asyncio.wait((signalled, died), return_when=asyncio.FIRST_COMPLETED)

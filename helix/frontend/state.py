@@ -18,6 +18,11 @@ from helix.frontend.metrics import ServerMetrics
 
 DEFAULT_MAX_QUEUED_REQUESTS = 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Connections the kernel completes and queues before the loop accepts them. A
+# burst beyond the queue has its SYNs dropped, and clients retry only after a
+# second (TCP's initial retransmission timeout): aiohttp's default of 128 put a
+# second into the first token of a third of 256 clients connecting at once.
+DEFAULT_BACKLOG = 2048
 
 
 @dataclass(frozen=True)

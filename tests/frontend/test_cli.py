@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import select
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +46,12 @@ def test_engine_flags_become_engine_args() -> None:
     engine_args = EngineArgs.from_kwargs(**{**kwargs, "model": args.model_arg})
     assert (engine_args.num_kv_blocks, engine_args.enable_prefix_caching, engine_args.max_model_len) == (12, False, 64)
     assert engine_args.gpu_memory_utilization == 0.5 and engine_args.block_size == EngineArgs().block_size
+
+
+def test_a_backlog_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--backlog", "0"])
+    assert "--backlog" in capsys.readouterr().err
 
 
 def test_two_different_models_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,6 +120,44 @@ async def test_serve_runs_until_cancelled(tiny_model_dirs: dict[str, Path], capl
         await task
     with pytest.raises(RuntimeError, match="shutdown"):  # serve shut the engine down
         await engine.tokenize("hi")
+
+
+def _connect_burst(port: int, count: int, within_s: float) -> int:
+    """Open `count` connections at once; how many the kernel completed within `within_s`."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        pending, connected = set(sockets), 0
+        deadline = time.monotonic() + within_s
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], list(pending), [], max(0.0, deadline - time.monotonic()))
+            for sock in writable:
+                pending.discard(sock)
+                connected += sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        return connected
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_a_burst_of_connections_queues_while_the_loop_is_busy(tiny_model_dirs: dict[str, Path]) -> None:
+    """With the event loop busy, the kernel still completes every connection of
+    a burst beyond aiohttp's default queue of 128 (an overflowing SYN is dropped
+    and retried only after a second)."""
+    port = free_port()
+    engine = make_engine(tiny_model_dirs["llama"], num_kv_blocks=64)
+    task = asyncio.create_task(serve(engine, ServerConfig("tiny"), "127.0.0.1", port, log_interval_s=0))
+    async with aiohttp.ClientSession() as http:
+        assert await wait_for(lambda: is_healthy(http, f"http://127.0.0.1:{port}"))
+    with ThreadPoolExecutor(1) as pool:
+        burst = pool.submit(_connect_burst, port, 400, 0.9)
+        time.sleep(1.0)  # blocks the loop: nothing is accepted meanwhile
+        assert burst.result() == 400
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
