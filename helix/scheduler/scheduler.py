@@ -324,13 +324,15 @@ class Scheduler:
         return updates
 
     def observe_step_period(self, output: SchedulerOutput, seconds: float) -> None:
-        """A finished step's wall period, for adaptive speculation. Steps without a
-        decoding request say nothing about K (scheduled ahead, one can be empty),
-        and a swap is not what a K costs. A multi-step (K = 0) counts as its
-        positions' share each: plain decoding costs that per token."""
+        """A finished step's wall period, for adaptive speculation. Only steps where
+        every request decodes say what a K costs: without a decoding request
+        (scheduled ahead, a step can be empty) they say nothing about K, a
+        prompt chunk's cost is not K's, nor is a swap. A multi-step (K = 0)
+        counts as its positions' share each: plain decoding costs that per token."""
         if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
             return
-        if any(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens for item in output.scheduled):
+        if output.scheduled and all(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens
+                                    for item in output.scheduled):
             positions = max(item.num_steps for item in output.scheduled)
             self.speculation.observe_step(output.spec_plan, seconds / positions)
 

@@ -30,9 +30,17 @@ recovers while a settled choice costs little. K_max is among the probes
 because neighbours alone can leave a stale K_max unmeasured for good: when
 one draft costs as much as it gains, probes next to plain decoding never
 move the choice, and the line from K = 1 to a K_max whose first step stalled
-prices every K between high. Steps with prompt chunks count too (the chunks
-cost the same whatever K), though a period longer than the estimate moves it
-only a little.
+prices every K between high. Only steps where every request decodes are
+measured: a prompt chunk's cost says nothing about K.
+
+An estimate is the median of the last few periods of its K. Plain steps run
+scheduled ahead of one another, so each period is measured from the previous
+step's results: one read late makes that period long and the next one short,
+and an estimate that took any shorter period as it came would settle near the
+shortest, pricing plain decoding far below its cost.
+The median keeps the typical period; a period is counted as at most twice
+the estimate, so a first-use stall cannot rule a K out before probes outvote
+it.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
@@ -42,6 +50,8 @@ only on the request, never on the batch or the clock.
 from __future__ import annotations
 
 import itertools
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 from helix.scheduler.request import Request
@@ -52,11 +62,11 @@ _PRIOR_ACCEPTED = 3.0
 _PRIOR_TRIALS = 4.0
 _DECAY = 0.9           # per-verify decay of a request's acceptance counts
 _GLOBAL_DECAY = 0.99   # per-verify decay of the engine-wide counts
-# A period longer than the estimate (for a K not measured yet, its price on the
-# line) moves it by this fraction, and counts at most _MAX_RISE times the
-# estimate: stalls (a kernel compiling, a collection pause) only ever add time,
-# so one must not rule a K out. A shorter period is taken as is.
-_RISE_SMOOTHING = 0.2
+# An estimate is the median of a K's last _WINDOW periods, each counted as at
+# most _MAX_RISE times the estimate before it (for a K not measured yet, its
+# price on the line): stalls (a kernel compiling, a collection pause) only ever
+# add time, so one must not rule a K out.
+_WINDOW = 5
 _MAX_RISE = 2.0
 _FIRST_PROBE_INTERVAL = 16
 _MAX_PROBE_INTERVAL = 1024
@@ -96,6 +106,7 @@ class _ClassState:
     """What one batch-size class has measured and when it probes next."""
 
     periods: dict[int, float] = field(default_factory=dict)  # K -> estimated step seconds
+    recent: dict[int, deque[float]] = field(default_factory=dict)  # K -> its last periods, capped
     decisions: int = 0
     best: int = -1
     probe_interval: int = _FIRST_PROBE_INTERVAL
@@ -220,12 +231,11 @@ class SpeculationPolicy:
         """Fold in the wall period of a step that ran `plan`."""
         if self.config.mode != "adaptive" or plan.num_decoding <= 0 or not plan.steady or seconds <= 0:
             return
-        periods = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState()).periods
-        estimate = _prior_period(periods, plan.k, self.config.num_speculative_tokens)
-        if estimate is None or seconds <= estimate:
-            periods[plan.k] = seconds
-        else:
-            periods[plan.k] = estimate + _RISE_SMOOTHING * (min(seconds, _MAX_RISE * estimate) - estimate)
+        state = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState())
+        estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
+        recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
+        recent.append(seconds if estimate is None else min(seconds, _MAX_RISE * estimate))
+        state.periods[plan.k] = statistics.median(recent)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
         """Estimated step seconds per K at this batch size (those measured so far)."""

@@ -90,14 +90,14 @@ def test_probes_of_a_settled_choice_grow_sparse() -> None:
 
 
 def test_a_stall_does_not_rule_a_k_out() -> None:
-    """K = 4's first step stalls (a kernel compiling: 800 ms). It counts as little
-    more than five plain steps, which still makes every K > 0 look dear, so plain
+    """K = 4's first step stalls (a kernel compiling: 800 ms). It counts as twice
+    its prior, ten plain steps, which makes every K > 0 look dear, so plain
     decoding wins; probes then measure K = 1, 2, 3 and 4 at their usual cost, one
     after the other, and K = 4 takes over."""
     spec = policy()
     assert run(spec, batch(1), 1) == [0]
     run(spec, batch(1), 1, step_ms={4: 800.0})
-    assert spec.step_seconds(1)[4] < 10 * small_batch_ms(0) / 1e3
+    assert spec.step_seconds(1)[4] == pytest.approx(2 * 5 * small_batch_ms(0) / 1e3)
     chosen = run(spec, batch(1), 120)
     assert chosen[:14] == [0] * 14
     assert chosen[-20:].count(4) >= 18  # and the odd probe of K = 3
@@ -121,10 +121,8 @@ def test_a_stalled_k_max_recovers_where_one_draft_does_not_pay() -> None:
 
 def test_a_k_that_got_dearer_is_dropped() -> None:
     spec = policy()
-    run(spec, batch(1), 20)
-    assert spec.plan(batch(1)) == 4
-    run(spec, batch(1), 20, cost=lambda k: small_batch_ms(k) * (3 if k else 1))
-    assert spec.plan(batch(1)) == 0
+    assert run(spec, batch(1), 20)[-10:].count(4) >= 8  # and the odd probe
+    assert run(spec, batch(1), 20, cost=lambda k: small_batch_ms(k) * (3 if k else 1))[-10:] == [0] * 10
 
 
 def test_seeded_requests_keep_k_max_and_limits_cap_every_k() -> None:
@@ -186,7 +184,9 @@ def test_speculation_must_beat_plain_decoding_by_a_margin() -> None:
     keeps the steps."""
     spec = policy()
     chosen = run(spec, batch(1), 60, cost=lambda k: 1.0 if k == 0 else expected_tokens(0.75, k) / 1.05)
-    assert chosen[:2] == [0, 4] and chosen[-40:].count(0) >= 37
+    assert chosen[:2] == [0, 4]
+    speculating = [i for i, k in enumerate(chosen) if i >= 20 and k]
+    assert len(speculating) <= 4 and speculating[::2] == [i - 1 for i in speculating[1::2]]  # two probes, two steps each
 
 
 def test_steps_without_a_decoding_request_are_not_measured(tiny_model_dirs: dict[str, Path]) -> None:
@@ -244,3 +244,33 @@ def test_a_multi_step_is_measured_per_position(tiny_model_dirs: dict[str, Path])
     multi = ScheduledRequest(request, 2, 1, (0,), num_steps=4)
     scheduler.observe_step_period(SchedulerOutput([multi], spec_plan=StepPlan(1, 0)), 4e-3)
     assert scheduler.speculation.step_seconds(1) == {0: pytest.approx(1e-3)}
+
+
+def test_a_step_with_a_prompt_chunk_is_not_measured(tiny_model_dirs: dict[str, Path]) -> None:
+    """A prompt chunk's cost is not K's: the step it rides in says nothing about K."""
+    model = str(tiny_model_dirs["llama"])
+    scheduler = LLM(model, draft_model=model, num_kv_blocks=64, block_size=4).engine.scheduler
+    decoding = Request("d", [5, 6, 7], SamplingParams(max_tokens=8), eos_token_ids=frozenset())
+    prompt = Request("p", list(range(1, 30)), SamplingParams(max_tokens=8), eos_token_ids=frozenset())
+    decode = ScheduledRequest(decoding, 2, 1, (0,))
+    chunk = ScheduledRequest(prompt, 0, 16, (1, 2, 3, 4), samples=False)
+    scheduler.observe_step_period(SchedulerOutput([decode, chunk], spec_plan=StepPlan(1, 0)), 40e-3)
+    assert scheduler.speculation.step_seconds(1) == {}
+    scheduler.observe_step_period(SchedulerOutput([decode], spec_plan=StepPlan(1, 0)), 1.3e-3)
+    assert scheduler.speculation.step_seconds(1) == {0: pytest.approx(1.3e-3)}
+
+
+def test_plain_periods_read_late_then_early_keep_their_typical_cost() -> None:
+    """Plain steps run scheduled ahead, each timed from the previous one's results:
+    a result read 0.6 ms late makes its period long and the next one short. The
+    estimate keeps the typical 1.3 ms, so K = 4 (3.05 tokens per 2.6 ms) beats
+    plain decoding, as it does on average."""
+    jitter = iter([0.0, 0.6, -0.6] * 100)
+
+    def cost(k: int) -> float:
+        return small_batch_ms(k) + (next(jitter) if k == 0 else 0.0)
+
+    spec = policy()
+    chosen = run(spec, batch(1), 60, cost=cost)
+    assert spec.step_seconds(1)[0] == pytest.approx(1.3e-3)
+    assert chosen[-20:].count(4) >= 18
