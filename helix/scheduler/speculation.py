@@ -38,9 +38,10 @@ scheduled ahead of one another, so each period is measured from the previous
 step's results: one read late makes that period long and the next one short,
 and an estimate that took any shorter period as it came would settle near the
 shortest, pricing plain decoding far below its cost.
-The median keeps the typical period; a period is counted as at most twice
-the estimate, so a first-use stall cannot rule a K out before probes outvote
-it.
+The median keeps the typical period (of an even count, the lower middle one:
+a K probed twice after a stall takes the probe's period); a period is counted
+as at most twice the estimate, so a first-use stall cannot rule a K out
+before probes outvote it.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
@@ -235,7 +236,7 @@ class SpeculationPolicy:
         estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
         recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
         recent.append(seconds if estimate is None else min(seconds, _MAX_RISE * estimate))
-        state.periods[plan.k] = statistics.median(recent)
+        state.periods[plan.k] = statistics.median_low(recent)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
         """Estimated step seconds per K at this batch size (those measured so far)."""

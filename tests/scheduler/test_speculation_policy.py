@@ -274,3 +274,13 @@ def test_plain_periods_read_late_then_early_keep_their_typical_cost() -> None:
     chosen = run(spec, batch(1), 60, cost=cost)
     assert spec.step_seconds(1)[0] == pytest.approx(1.3e-3)
     assert chosen[-20:].count(4) >= 18
+
+
+def test_one_period_at_its_cost_outvotes_a_stall() -> None:
+    """A probe after plain steps has one measured step (the first catches the draft
+    model up): that one period, not a mean with the stall, is K's estimate."""
+    spec = policy()
+    spec.observe_step(StepPlan(1, 0), 1.3e-3)
+    spec.observe_step(StepPlan(1, K_MAX), 0.8)
+    spec.observe_step(StepPlan(1, K_MAX), 2.6e-3)
+    assert spec.step_seconds(1)[K_MAX] == pytest.approx(2.6e-3)
