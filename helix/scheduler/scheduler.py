@@ -310,10 +310,11 @@ class Scheduler:
             request.num_draft_computed_tokens = min(
                 model_output.draft_computed.get(request_id, request.num_draft_computed_tokens),
                 request.num_computed_tokens)
-            self._observe_speculation(request, model_output.num_proposed.get(request_id, 0), accepted)
             self.kv.commit_computed_blocks(request, self._num_cacheable_tokens(request))
             request.prompt_logprobs.extend(model_output.prompt_logprobs.get(request_id, []))
             new_tokens = self._append_tokens(request, model_output.sampled.get(request_id, []))
+            self._observe_speculation(request, model_output.num_proposed.get(request_id, 0), accepted,
+                                      len(new_tokens))
             if item.num_spec_tokens and not request.is_finished:
                 self.kv.truncate(request, request.num_computed_tokens)  # return blocks of rejected drafts
             request.logprobs.extend(model_output.logprobs.get(request.request_id, [])[:len(new_tokens)])
@@ -336,8 +337,11 @@ class Scheduler:
             positions = max(item.num_steps for item in output.scheduled)
             self.speculation.observe_step(output.spec_plan, seconds / positions)
 
-    def _observe_speculation(self, request: Request, proposed: int, accepted: int) -> None:
-        if proposed <= 0 or self.speculation is None:
+    def _observe_speculation(self, request: Request, proposed: int, accepted: int, emitted: int) -> None:
+        if self.speculation is None:
+            return
+        if proposed <= 0:
+            self.speculation.fade(request, emitted)
             return
         self.speculation.observe(request, proposed, accepted)
         request.num_draft_tokens += proposed

@@ -9,6 +9,10 @@ requests rounded to a power of two. In adaptive mode a step takes the K in
 [0, K_max] with the most expected tokens per second,
 sum_i E(a_i, K) / T(class, K), where a_i is each request's decayed
 acceptance; K = 0 is plain decoding, which a K > 0 must beat by a margin.
+Acceptance counts age with each verify and also without one (a request's
+per token it decodes plainly, the engine-wide ones per step without drafts):
+otherwise a run of rejections that stops speculation would also stop every
+measurement that could resume it.
 
 Measured, because a step's cost is not the sum of its passes: a speculative
 step cannot be scheduled ahead of the previous step's results (the next step
@@ -59,10 +63,15 @@ from helix.scheduler.request import Request
 
 # A request's acceptance estimate starts from the engine-wide one, held as this
 # many pseudo-trials; the engine-wide estimate starts from a = 0.75.
-_PRIOR_ACCEPTED = 3.0
-_PRIOR_TRIALS = 4.0
+_PRIOR_ACCEPTED = 6.0
+_PRIOR_TRIALS = 8.0
 _DECAY = 0.9           # per-verify decay of a request's acceptance counts
-_GLOBAL_DECAY = 0.99   # per-verify decay of the engine-wide counts
+# Per token decoded without drafts (a verify emits ~2.5 tokens at a = 0.7, so
+# about _DECAY per verify's worth): a request that stopped speculating after a
+# run of bad luck measures nothing, and without this its estimate would keep
+# it from speculating for good.
+_FADE_PER_TOKEN = 0.96
+_GLOBAL_DECAY = 0.99   # decay of the engine-wide counts per verify, and per step without drafts
 # An estimate is the median of a K's last _WINDOW periods, each counted as at
 # most _MAX_RISE times the estimate before it (for a K not measured yet, its
 # price on the line): stalls (a kernel compiling, a collection pause) only ever
@@ -156,6 +165,9 @@ class SpeculationPolicy:
         k, best = self._plan(decoding)
         if self.config.mode == "adaptive" and decoding:
             self._count_decision(self._classes.setdefault(batch_class(len(decoding)), _ClassState()), k, best)
+            if k == 0:  # no verify will update the engine-wide counts: they age as one would
+                self._accepted *= _GLOBAL_DECAY
+                self._trials *= _GLOBAL_DECAY
         k_max = self.config.num_speculative_tokens
         choices = {request: max(0, min(k_max if request.params.seed is not None else k, limit))
                    for request, limit in decoding}
@@ -227,6 +239,13 @@ class SpeculationPolicy:
         request.spec_trials_ema = _DECAY * request.spec_trials_ema + trials
         self._accepted = _GLOBAL_DECAY * self._accepted + accepted
         self._trials = _GLOBAL_DECAY * self._trials + trials
+
+    def fade(self, request: Request, num_tokens: int) -> None:
+        """Age the request's acceptance counts over tokens it decoded without drafts,
+        drawing its estimate back towards the engine-wide rate."""
+        factor = _FADE_PER_TOKEN ** num_tokens
+        request.spec_accepted_ema *= factor
+        request.spec_trials_ema *= factor
 
     def observe_step(self, plan: StepPlan, seconds: float) -> None:
         """Fold in the wall period of a step that ran `plan`."""

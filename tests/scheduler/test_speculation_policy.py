@@ -284,3 +284,32 @@ def test_one_period_at_its_cost_outvotes_a_stall() -> None:
     spec.observe_step(StepPlan(1, K_MAX), 0.8)
     spec.observe_step(StepPlan(1, K_MAX), 2.6e-3)
     assert spec.step_seconds(1)[K_MAX] == pytest.approx(2.6e-3)
+
+
+def test_a_request_that_stopped_speculating_on_bad_luck_tries_again() -> None:
+    """Six verifies in a row accept nothing: the request's estimate falls below
+    what K_max needs, and without drafts it measures nothing more. Tokens it
+    decodes plainly age its counts, so it comes back to the engine-wide rate."""
+    spec = policy()
+    for k in range(K_MAX + 1):
+        spec.observe_step(StepPlan(1, k), small_batch_ms(k) / 1e3)
+    for i in range(50):  # the engine-wide rate: 3 of 4 drafts accepted
+        spec.observe(request(f"other{i}"), 4, 3)
+    unlucky = request("unlucky")
+    for _ in range(6):
+        spec.observe(unlucky, 4, 0)
+    assert spec.plan([(unlucky, 100)]) == 0
+    spec.fade(unlucky, 64)
+    assert spec.plan([(unlucky, 100)]) == K_MAX
+
+
+def test_steps_without_drafts_age_the_engine_wide_acceptance() -> None:
+    """After a run of rejected drafts nobody speculates, so no verify would ever
+    update the engine-wide rate again: steps without drafts age it instead, and
+    speculation resumes."""
+    spec = policy()
+    run(spec, batch(1), 10)
+    for i in range(40):
+        spec.observe(request(f"unlucky{i}"), 4, 0)
+    chosen = run(spec, batch(1), 400)
+    assert chosen[:20].count(0) >= 18 and chosen[-20:].count(0) <= 2  # and those two a probe
