@@ -13,7 +13,8 @@ benchmarks/RESULTS.md from it. Sections (all by default):
   with `num_scheduler_steps` as given and, as a baseline in the same run, 1;
 - served: the load client against `helix serve` (A + draft A, a = 0.7) from
   1 request/s to saturation, with and without speculation, with the same
-  `num_scheduler_steps`.
+  `num_scheduler_steps`; each server first gets an untimed burst of as many
+  other prompts (`--no-served-warmup` leaves it out).
 
 Models have dummy weights at real shapes, so speculative results use
 `spec_synthetic_acceptance` (reported as such).
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-scheduler-steps", type=int, default=8,
                         help="Multi-step decoding for the throughput and served sections (the engine's "
                              "`num_scheduler_steps`); throughput also runs 1 as a baseline.")
+    parser.add_argument("--served-warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="Before the served sweep, send as many other prompts at once, untimed, to each "
+                             "server (default: on).")
     parser.add_argument("--skip-hf", action="store_true", help="Leave out the transformers baselines.")
     parser.add_argument("--in-process", action="store_true",
                         help="Serve with `helix serve --no-engine-process` (engine core and HTTP server in one "
@@ -183,7 +187,10 @@ def run_throughput(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any
 def run_served(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
     target, draft = TARGETS["A"]
     rates = [float(r) for r in args.rates.split(",")]
-    prompts = helix_offline.throughput_requests(args.num_requests, 128, 512, PRESETS[target]["vocab_size"])
+    vocab = PRESETS[target]["vocab_size"]
+    prompts = helix_offline.throughput_requests(args.num_requests, 128, 512, vocab)
+    warmup = (helix_offline.throughput_requests(args.num_requests, 128, 512, vocab, seed=1)
+              if args.served_warmup else None)
     common = ["--model", target, "--load-format", "dummy", "--dtype", "bfloat16", "--num-kv-blocks", "16384",
               "--max-num-batched-tokens", "8192", "--num-scheduler-steps", str(args.num_scheduler_steps),
               "--log-interval", "0"] + (
@@ -191,7 +198,7 @@ def run_served(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
     spec = ["--draft-model", draft, "--benchmark-mode", "--spec-synthetic-acceptance", "0.7"]
     section = {}
     for key, flags in (("plain", common), ("speculative", common + spec)):
-        section[key] = served.sweep(flags, rates, prompts, args.new_tokens)
+        section[key] = served.sweep(flags, rates, prompts, args.new_tokens, warmup_prompts=warmup)
         for run in section[key]["runs"]:
             _log(f"served {key} rate {run['request_rate']}: {run['output_throughput']:.0f} tok/s, "
                  f"TPOT p50 {run['median_tpot_ms']:.1f} ms")

@@ -204,8 +204,13 @@ def _served_md(section: Any) -> list[str]:
         if not _ok(sweep):
             lines += [f"{key}: failed: `{sweep['error']}`", ""]
             continue
-        lines += [f"{key}: `{sweep['server_command']}`", "",
-                  "| rate req/s | requests | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms |",
+        lines += [f"{key}: `{sweep['server_command']}`", ""]
+        warmup = sweep.get("warmup")
+        if warmup:
+            lines += [f"Before the rates, untimed: {warmup['completed']} other prompts at once "
+                      f"({warmup['output_throughput']:.0f} tok/s, TTFT p50 {warmup['median_ttft_ms']:.0f} ms, "
+                      f"TPOT p50 {warmup['median_tpot_ms']:.2f} ms).", ""]
+        lines += ["| rate req/s | requests | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms |",
                   "| --- | --- | --- | --- | --- |"]
         for run in sweep["runs"]:
             lines.append(f"| {run['request_rate']} | {run['completed']} | {run['output_throughput']:.0f} | "

@@ -133,14 +133,31 @@ def prompts_for_rate(rate: float, num_prompts: int, seconds_per_rate: float) -> 
 
 
 def sweep(flags: list[str], rates: list[float], prompts: list[list[int]], output_len: int,
-          seconds_per_rate: float = 16.0) -> dict[str, Any]:
+          seconds_per_rate: float = 16.0, warmup_prompts: list[list[int]] | None = None) -> dict[str, Any]:
     """Start a server with `flags`, run every rate against it (the saturating
-    rate sends every prompt; lower rates the first ones), and stop it."""
+    rate sends every prompt; lower rates the first ones), and stop it.
+
+    `warmup_prompts` (other prompts than `prompts`, so they leave nothing in the
+    prefix cache that the measured runs could reuse) are sent all at once
+    first, untimed: a server's first burst also pays one-off costs (the
+    allocator's first large blocks, the speculation policy measuring each
+    batch size it meets for the first time), which a long-running server has
+    paid long before. The warm-up's own figures are kept beside the runs."""
     with tempfile.TemporaryDirectory() as work, helix_serve(flags) as server:
         dataset = Path(work) / "prompts.jsonl"
         write_prompts(prompts, output_len, dataset)
+        warmup = None
+        if warmup_prompts:
+            warmup_dataset = Path(work) / "warmup.jsonl"
+            write_prompts(warmup_prompts, output_len, warmup_dataset)
+            warmup = run_rate(server.base_url, math.inf, len(warmup_prompts), warmup_dataset, Path(work))
         results = []
         for rate in rates:
             count = prompts_for_rate(rate, len(prompts), seconds_per_rate)
             results.append(run_rate(server.base_url, rate, count, dataset, Path(work)))
-        return {"server_command": "helix serve " + " ".join(flags), "runs": results}
+        return {"server_command": "helix serve " + " ".join(flags), "runs": results,
+                **({"warmup": _warmup_summary(warmup)} if warmup is not None else {})}
+
+
+def _warmup_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {key: result[key] for key in ("completed", "output_throughput", "median_ttft_ms", "median_tpot_ms")}

@@ -36,7 +36,10 @@ def test_served_sweep_runs_the_load_client_against_helix_serve(tiny_model_dirs: 
     flags = ["--model", str(tiny_model_dirs["llama"]), "--device", "cpu", "--num-kv-blocks", "256",
              "--block-size", "4", "--log-interval", "0"]
     prompts = helix_offline.throughput_requests(10, 8, 24, VOCAB_SIZE)
-    result = served.sweep(flags, [2.0, math.inf], prompts, output_len=8, seconds_per_rate=1.0)
+    warmup = helix_offline.throughput_requests(6, 8, 24, VOCAB_SIZE, seed=1)
+    result = served.sweep(flags, [2.0, math.inf], prompts, output_len=8, seconds_per_rate=1.0,
+                          warmup_prompts=warmup)
+    assert result["warmup"]["completed"] == 6  # untimed, before the rates
     low, saturated = result["runs"]
     assert low["request_rate"] == 2.0 and low["completed"] == 8  # at least 8 prompts per rate
     assert saturated["request_rate"] == "inf" and saturated["completed"] == 10  # saturation sends them all
@@ -66,7 +69,9 @@ def _results() -> dict[str, Any]:
                                                               "requests": 256, "prompt_tokens": 80000},
                        "helix_single_step": {"output_tok_s": 6000.0, "seconds": 10.5},
                        "hf_generate_batch": {"output_tok_s": 500.0, "seconds": 130.0}},
-        "served": {"plain": {"server_command": "helix serve", "runs": [run(1.0, 4.0, 250.0), run("inf", 9.0, 8500.0)]},
+        "served": {"plain": {"server_command": "helix serve", "runs": [run(1.0, 4.0, 250.0), run("inf", 9.0, 8500.0)],
+                             "warmup": {"completed": 256, "output_throughput": 7000.0, "median_ttft_ms": 300.0,
+                                        "median_tpot_ms": 8.0}},
                    "speculative": {"server_command": "helix serve --draft", "runs": [
                        {**run(1.0, 2.0, 250.0), "server_metrics": {
                            "counter_deltas": {"helix:spec_decode_steps_total{k=0}": 12.0,
@@ -105,7 +110,8 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
                      "| Helix, num_scheduler_steps=1 | 6000 |",
                      "- rate 1.0: steps run at K=0: 12, K=4: 300; the policy's step-period estimates: class 1 K=0: "
                      "1.26 ms, class 1 K=4: 2.40 ms",
-                     "`helix serve --draft`", "Load command (per rate): `load`", "| no |"):
+                     "`helix serve --draft`", "Load command (per rate): `load`", "| no |",
+                     "Before the rates, untimed: 256 other prompts at once (7000 tok/s, TTFT p50 300 ms"):
         assert fragment in text, fragment
 
 
