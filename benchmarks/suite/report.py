@@ -167,11 +167,17 @@ def _spec_md(section: Any) -> list[str]:
     lines = ["## (b) Batch-1 speculative decoding", "",
              "Same prompt and length as (a); decode tok/s excludes the prefill.", "",
              "| target + draft | mode | a | decode tok/s | tokens per verify |", "| --- | --- | --- | --- | --- |"]
+    adaptive = []
     for name, entry in section.items():
         for run in entry["runs"]:
             lines.append(f"| {name}: {entry['target']} + {entry['draft']} | {run['mode']} K={run['k']} | "
                          f"{run['acceptance']} | {run['decode_tok_s']:.0f} | {run['mean_accepted_length']:.2f} |")
-    return lines + [""]
+            steps = {int(key.removeprefix("spec_steps_k_")): count for key, count in run.get("policy", {}).items()
+                     if key.startswith("spec_steps_k_")}
+            if run["mode"] == "adaptive" and steps:
+                by_k = ", ".join(f"K={k}: {count}" for k, count in sorted(steps.items()))
+                adaptive.append(f"- {name} adaptive, a = {run['acceptance']}: steps run at {by_k}")
+    return lines + [""] + (adaptive + [""] if adaptive else [])
 
 
 def _throughput_md(section: Any) -> list[str]:

@@ -26,6 +26,7 @@ def test_decode_rate_and_throughput_on_a_tiny_model(tiny_model_dirs: dict[str, P
                                              "speculation_mode": "fixed", "num_speculative_tokens": 3},
                                      prompt_len=16, new_tokens=12, repeats=1)
     assert spec["mean_accepted_length"] > 3.0  # every draft accepted: K + 1 tokens per verify, but the last ones
+    assert spec["policy"].get("spec_steps_k_3", 0) > 0 and decode["policy"] == {}
     prompts = helix_offline.throughput_requests(6, 8, 20, VOCAB_SIZE)
     assert all(8 <= len(p) <= 20 for p in prompts)
     throughput = helix_offline.offline_throughput(model, CPU, prompts, new_tokens=10)
@@ -58,7 +59,8 @@ def _results() -> dict[str, Any]:
                 "helix": {"decode_tok_s": 700.0, "end_to_end_tok_s": 650.0},
                 "hf_eager": {"decode_tok_s": 50.0}, "hf_compiled": {"error": "RuntimeError: no compiler"}}
     spec_a = {"target": "a", "draft": "d", "runs": [
-        {"mode": "adaptive", "k": 8, "acceptance": 0.7, "decode_tok_s": 1500.0, "mean_accepted_length": 3.1},
+        {"mode": "adaptive", "k": 8, "acceptance": 0.7, "decode_tok_s": 1500.0, "mean_accepted_length": 3.1,
+         "policy": {"spec_steps_k_4": 70, "spec_steps_k_5": 12, "spec_step_seconds_class_1_k_4": 0.0024}},
         {"mode": "fixed", "k": 4, "acceptance": 0.5, "decode_tok_s": 1200.0, "mean_accepted_length": 1.9}]}
     return {
         "card": "Card", "copy_bandwidth_gb_s": 4000.0, "date": "2026-01-01 00:00 UTC", "commit": "abc",
@@ -111,7 +113,8 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
                      "- rate 1.0: steps run at K=0: 12, K=4: 300; the policy's step-period estimates: class 1 K=0: "
                      "1.26 ms, class 1 K=4: 2.40 ms",
                      "`helix serve --draft`", "Load command (per rate): `load`", "| no |",
-                     "Before the rates, untimed: 256 other prompts at once (7000 tok/s, TTFT p50 300 ms"):
+                     "Before the rates, untimed: 256 other prompts at once (7000 tok/s, TTFT p50 300 ms",
+                     "- A adaptive, a = 0.7: steps run at K=4: 70, K=5: 12"):
         assert fragment in text, fragment
 
 
