@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from helix import LLM, SamplingParams
 from helix.outputs import RequestOutput
@@ -43,6 +43,19 @@ def run_regime(regime: str, model_dir: Path, prompts: list[list[int]], expected:
         assert stats["recomputed"] > 0 and stats["swapped_out"] == 0
     assert_drained(llm)
     return llm
+
+
+def greedy_rerun_count(llm: LLM, count: Callable[[LLM], list[int]], prompts: list[list[int]],
+                       expected: list[list[int]]) -> int:
+    """Run the greedy prompts again on an engine `run_regime` built, with `count`
+    wrapping it (it returns a counter whose [0] it increments); check the tokens
+    against transformers' and the pool drained, and return the count."""
+    counter = count(llm)
+    params = SamplingParams(temperature=0.0, max_tokens=len(expected[0]), ignore_eos=True)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    assert_drained(llm)
+    return counter[0]
 
 
 def assert_drained(llm: LLM) -> None:

@@ -15,7 +15,7 @@ import pytest
 from helix import LLM, SamplingParams
 from helix.outputs import RequestOutput
 from helix.scheduler.speculation import StepPlan
-from tests.regimes import REGIMES, assert_drained, run_regime
+from tests.regimes import REGIMES, assert_drained, greedy_rerun_count, run_regime
 
 
 def count_ahead_schedules(llm: LLM) -> list[int]:
@@ -64,12 +64,7 @@ def test_greedy_equals_transformers_scheduled_ahead(regime: str, tiny_model_dirs
                                                     greedy_expected: list[list[int]]) -> None:
     llm = run_regime(regime, tiny_model_dirs["llama"], greedy_prompts, greedy_expected, async_scheduling=True)
     if regime != "aborts":  # run_regime builds the engine; count on a second, identical run
-        ahead = count_ahead_schedules(llm)
-        params = SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]), ignore_eos=True)
-        outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outputs] == greedy_expected
-        assert ahead[0] > 0
-        assert_drained(llm)
+        assert greedy_rerun_count(llm, count_ahead_schedules, greedy_prompts, greedy_expected) > 0
 
 
 def test_stop_tokens_end_requests_as_without_scheduling_ahead(tiny_model_dirs: dict[str, Path],
