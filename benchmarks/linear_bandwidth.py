@@ -17,6 +17,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from benchmarks.suite.roofline import copy_bandwidth_bytes_per_s
+
 # name: (in_features, out_features)
 SHAPES = {
     "A qkv": (2048, 2560), "A o": (2048, 2048), "A gate_up": (2048, 11264), "A down": (5632, 2048),
@@ -107,10 +109,7 @@ def main() -> None:
     parser.add_argument("--skip-triton", action="store_true", help="cuBLAS only.")
     args = parser.parse_args()
     device = torch.device("cuda")
-    source = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    copy_seconds = graph_seconds(lambda: target.copy_(source), reps=20)
-    print(f"{torch.cuda.get_device_name()}: copy bandwidth {2 * source.numel() / copy_seconds / 1e12:.2f} TB/s")
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_bandwidth_bytes_per_s(device) / 1e12:.2f} TB/s")
     for name, (inner, outer) in SHAPES.items():
         size = inner * outer * 2
         weights = [torch.randn(outer, inner, dtype=torch.bfloat16, device=device) / 30
