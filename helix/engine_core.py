@@ -37,7 +37,7 @@ from helix.worker.models import ArchConfig, LlamaForCausalLM, build_model, model
 from helix.worker.spec_decode.compat import check_draft_compatible
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.ngram_proposer import NgramProposer
-from helix.worker.spec_decode.rejection_sampler import AcceptFn, emitted_tokens
+from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from helix.worker.warm_up import warm_up_attention
 
@@ -118,15 +118,15 @@ class EngineCore:
         num_gpu_blocks = num_blocks_for_budget(self.args, block_bytes, self.device)
         return num_gpu_blocks, num_swap_blocks(self.args.swap_space, num_gpu_blocks, block_bytes)
 
-    def _acceptance(self) -> AcceptFn:
+    def _acceptance(self) -> Acceptance:
         rate = self.args.spec_synthetic_acceptance
         if rate is None:
-            return emitted_tokens
+            return ExactAcceptance()
         if not self.speculation.enabled:
             raise ValueError("spec_synthetic_acceptance: needs speculative decoding (a draft model or ngram)")
         logger.warning("benchmark mode: draft tokens are accepted by a coin of probability %.2f, not by the "
                        "model; outputs are not the model's", rate)
-        return SyntheticAcceptance(rate, self.args.seed)
+        return SyntheticAcceptance(rate, self.args.seed, self.device)
 
     def _proposer(self, draft: LlamaForCausalLM | None, num_gpu_blocks: int,
                   num_cpu_blocks: int) -> DraftModelProposer | NgramProposer | None:

@@ -6,8 +6,11 @@ benchmarks/RESULTS.md from it. Sections (all by default):
 - decode: batch-1 decode of targets A (TinyLlama-1.1B shape) and B
   (Llama-3-8B shape) against the roofline measured in the same run and
   against transformers' `generate`, eager and compiled with a static cache;
+  with `num_scheduler_steps` as given and, as a baseline, 1;
 - spec: batch-1 speculative decoding (drafts: a 68M Llama, Llama-3.2-1B
-  shapes), K adaptive and K = 4, synthetic acceptance a in {0.5, 0.7, 0.9};
+  shapes), K adaptive and K = 4, synthetic acceptance a in {0.5, 0.7, 0.9},
+  with the same `num_scheduler_steps` (chained rounds), and fixed K = 4 at
+  a = 0.7 with 1 as a baseline;
 - throughput: 256 requests (prompts 128-512 tokens, 256 outputs) through
   `LLM.generate` against transformers' continuous batching (`generate_batch`),
   with `num_scheduler_steps` as given and, as a baseline in the same run, 1;
@@ -58,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-requests", type=int, default=256)
     parser.add_argument("--rates", default="1,4,inf", help="Served request rates (requests/s; inf saturates).")
     parser.add_argument("--num-scheduler-steps", type=int, default=8,
-                        help="Multi-step decoding for the throughput and served sections (the engine's "
-                             "`num_scheduler_steps`); throughput also runs 1 as a baseline.")
+                        help="Multi-step decoding, and chained speculative rounds, in every section (the "
+                             "engine's `num_scheduler_steps`); each section also runs 1 as a baseline.")
     parser.add_argument("--served-warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="Before the served sweep, send as many other prompts at once, untimed, to each "
                              "server (default: on).")
@@ -115,9 +118,13 @@ def run_decode(args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
         entry: dict[str, Any] = {"model": model, "roofline_tok_s": roofline.roofline_tokens_per_s(bandwidth,
                                                                                                   step_bytes),
                                  "bytes_per_step": step_bytes}
-        entry["helix"] = helix_offline.decode_rate(model, dict(max_num_seqs=1, num_kv_blocks=256), args.prompt_len,
-                                                   args.new_tokens, args.repeats)
-        helix_offline.release_cuda()
+        options = dict(max_num_seqs=1, num_kv_blocks=256, num_scheduler_steps=args.num_scheduler_steps)
+        runs = [("helix", options)] + ([("helix_single_step", {**options, "num_scheduler_steps": 1})]
+                                       if args.num_scheduler_steps > 1 else [])
+        for key, run_options in runs:
+            entry[key] = helix_offline.decode_rate(model, run_options, args.prompt_len, args.new_tokens,
+                                                   args.repeats)
+            helix_offline.release_cuda()
         _log(f"decode {name}: helix {entry['helix']['decode_tok_s']:.0f} tok/s, "
              f"roofline {entry['roofline_tok_s']:.0f}")
         section[name] = entry
@@ -146,16 +153,20 @@ def run_spec(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
     for name in args.targets:
         target, draft = TARGETS[name]
         rows = []
-        for mode, k in SPEC_MODES:
-            for rate in ACCEPTANCE_RATES:
-                options = dict(draft_model=draft, num_speculative_tokens=k, speculation_mode=mode,
-                               spec_synthetic_acceptance=rate, max_num_seqs=1, num_kv_blocks=256)
-                row = {"mode": mode, "k": k, "acceptance": rate, **helix_offline.decode_rate(
-                    target, options, args.prompt_len, args.new_tokens, args.repeats)}
-                helix_offline.release_cuda()
-                _log(f"spec {name} {mode} K={k} a={rate}: {row['decode_tok_s']:.0f} tok/s, "
-                     f"{row['mean_accepted_length']:.2f} tokens/verify")
-                rows.append(row)
+        # The last run: fixed K at a = 0.7 without chained rounds, as their baseline in the same run.
+        plans = [(mode, k, rate, args.num_scheduler_steps) for mode, k in SPEC_MODES for rate in ACCEPTANCE_RATES]
+        if args.num_scheduler_steps > 1:
+            plans.append(("fixed", SPEC_MODES[-1][1], 0.7, 1))
+        for mode, k, rate, num_steps in plans:
+            options = dict(draft_model=draft, num_speculative_tokens=k, speculation_mode=mode,
+                           spec_synthetic_acceptance=rate, max_num_seqs=1, num_kv_blocks=256,
+                           num_scheduler_steps=num_steps)
+            row = {"mode": mode, "k": k, "acceptance": rate, "num_scheduler_steps": num_steps,
+                   **helix_offline.decode_rate(target, options, args.prompt_len, args.new_tokens, args.repeats)}
+            helix_offline.release_cuda()
+            _log(f"spec {name} {mode} K={k} a={rate} num_scheduler_steps={num_steps}: "
+                 f"{row['decode_tok_s']:.0f} tok/s, {row['mean_accepted_length']:.2f} tokens/verify")
+            rows.append(row)
         section[name] = {"target": target, "draft": draft, "runs": rows}
     return section
 

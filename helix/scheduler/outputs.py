@@ -18,10 +18,13 @@ class ScheduledRequest:
     new one is sampled. Scheduled ahead of the previous step's results, the
     token at `start` may still be in flight (`start >= request.num_tokens`);
     the worker takes it from the previous step's sampled ids on the device.
-    `num_steps` > 1 (multi-step; a decode: one new token, no drafts): the
-    worker decodes that many tokens, one forward each, each fed the token the
-    forward before chose; slots are reserved for positions start ..
-    start + num_steps - 1. The worker reads the request but never changes it.
+    `num_steps` > 1 (multi-step): without drafts the worker decodes that many
+    tokens, one forward each, each fed the token the forward before chose;
+    slots are reserved for positions start .. start + num_steps - 1. With
+    drafts it chains that many speculative rounds of K = `num_spec_tokens`,
+    each starting where the round before stopped (known only on the device);
+    slots are reserved for the most they can emit, num_steps * (1 + K). The
+    worker reads the request but never changes it.
     """
 
     request: Request
@@ -54,15 +57,16 @@ class ModelOutput:
     """What the worker returns, keyed by request id.
 
     `sampled` holds the emitted tokens of requests that sampled: one, or with
-    speculation the accepted drafts plus one. `num_proposed`/`num_accepted`
-    count draft tokens; `draft_computed` is the draft cache's new coverage.
+    speculation the accepted drafts plus one, per verify. `verifies` holds
+    each verify's (drafts proposed, drafts accepted), in order: several when
+    speculative rounds were chained. `draft_computed` is the draft cache's
+    new coverage.
     """
 
     sampled: dict[str, list[int]]
     logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[TokenLogprobs | None]] = field(default_factory=dict)
-    num_proposed: dict[str, int] = field(default_factory=dict)
-    num_accepted: dict[str, int] = field(default_factory=dict)
+    verifies: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     draft_computed: dict[str, int] = field(default_factory=dict)
 
 

@@ -28,7 +28,11 @@ output) decodes up to that many tokens per request in one go; the host
 schedules, applies results and checks stops once per multi-step. A request
 gets fewer where max_tokens, max_model_len or free blocks allow fewer. Stop
 tokens end a request when its tokens are applied; tokens decoded past them
-are dropped, as rejected drafts are.
+are dropped, as rejected drafts are. A step in which every request verifies
+the same K drafts of the draft model greedily chains up to that many
+speculative rounds instead: slots are reserved for every round accepting
+everything, and those a round rejects are given back once the results are
+applied (`kv.truncate`), as for a single verify.
 """
 
 from __future__ import annotations
@@ -182,7 +186,11 @@ class Scheduler:
         (see the module docstring), each taking as many tokens as max_tokens,
         max_model_len and free blocks leave it, up to num_scheduler_steps."""
         most = self.config.num_scheduler_steps
-        if most == 1 or not scheduled or not all(_decodes_plainly(item) for item in scheduled):
+        if most == 1 or not scheduled:
+            return scheduled
+        if self._chains_rounds(scheduled):
+            return self._chained_rounds(scheduled)
+        if not all(_decodes_plainly(item) for item in scheduled):
             return scheduled
         multi = []
         for item in scheduled:
@@ -194,6 +202,34 @@ class Scheduler:
                 item = replace(item, block_table=tuple(self.kv.block_table(request.request_id)), num_steps=num_steps)
             multi.append(item)
         return multi
+
+    def _chains_rounds(self, scheduled: list[ScheduledRequest]) -> bool:
+        """Whether the step's speculative rounds can be chained on the device: a
+        draft model proposes, and every request verifies the same K greedily,
+        with no logprobs and no logit edits (the device decides how many drafts
+        each round keeps, by the argmax of the raw logits)."""
+        k = scheduled[0].num_spec_tokens
+        return self.has_draft_cache and k > 0 and all(
+            item.num_spec_tokens == k and item.num_new_tokens == 1 + k and item.samples
+            and item.request.params.greedy and item.request.params.logprobs is None
+            and not item.request.params.logit_bias and not item.request.sampler_reads_output for item in scheduled)
+
+    def _chained_rounds(self, scheduled: list[ScheduledRequest]) -> list[ScheduledRequest]:
+        """The same number of rounds for every request (the device advances them in
+        lockstep), up to num_scheduler_steps: as many as max_tokens (each round
+        emits at least one token), max_model_len and free blocks allow every
+        request, slots reserved for the most they can emit (all drafts accepted)."""
+        per_round = 1 + scheduled[0].num_spec_tokens
+        num_rounds = min(min(item.request.max_tokens - len(item.request.output_token_ids),
+                             (self.config.max_model_len - item.start) // per_round) for item in scheduled)
+        num_rounds = min(num_rounds, self.config.num_scheduler_steps)
+        # Slots grown for earlier requests when a later one cannot grow are given back
+        # after the step, with its rejected drafts.
+        if num_rounds < 2 or not all(self.kv.grow(item.request, item.start + num_rounds * per_round)
+                                     for item in scheduled):
+            return scheduled
+        return [replace(item, block_table=tuple(self.kv.block_table(item.request.request_id)), num_steps=num_rounds)
+                for item in scheduled]
 
     def _speculation_choices(self, queue: list[Request]) -> tuple[dict[Request, int], StepPlan | None]:
         """K per decoding request, and the step's plan (None without speculation)."""
@@ -304,8 +340,11 @@ class Scheduler:
             if request.is_finished:
                 continue  # aborted while the step ran
             request_id = request.request_id
-            accepted = model_output.num_accepted.get(request_id, 0)
-            # Rejected draft positions are dropped by not counting them.
+            verifies = model_output.verifies.get(request_id, [])
+            accepted = sum(count for _, count in verifies)
+            # Rejected draft positions are dropped by not counting them. A step
+            # computes its known token and each later step's (fed) token, plus
+            # the accepted drafts.
             request.num_computed_tokens += item.num_new_tokens + item.num_steps - 1 - item.num_spec_tokens + accepted
             request.num_draft_computed_tokens = min(
                 model_output.draft_computed.get(request_id, request.num_draft_computed_tokens),
@@ -313,8 +352,7 @@ class Scheduler:
             self.kv.commit_computed_blocks(request, self._num_cacheable_tokens(request))
             request.prompt_logprobs.extend(model_output.prompt_logprobs.get(request_id, []))
             new_tokens = self._append_tokens(request, model_output.sampled.get(request_id, []))
-            self._observe_speculation(request, model_output.num_proposed.get(request_id, 0), accepted,
-                                      len(new_tokens))
+            self._observe_speculation(request, verifies, len(new_tokens))
             if item.num_spec_tokens and not request.is_finished:
                 self.kv.truncate(request, request.num_computed_tokens)  # return blocks of rejected drafts
             request.logprobs.extend(model_output.logprobs.get(request.request_id, [])[:len(new_tokens)])
@@ -328,8 +366,9 @@ class Scheduler:
         """A finished step's wall period, for adaptive speculation. Only steps where
         every request decodes say what a K costs: without a decoding request
         (scheduled ahead, a step can be empty) they say nothing about K, a
-        prompt chunk's cost is not K's, nor is a swap. A multi-step (K = 0)
-        counts as its positions' share each: plain decoding costs that per token."""
+        prompt chunk's cost is not K's, nor is a swap. A multi-step counts
+        as its positions' (K = 0) or rounds' share each: plain decoding costs
+        that per token, and speculation per verify."""
         if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
             return
         if output.scheduled and all(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens
@@ -337,16 +376,17 @@ class Scheduler:
             positions = max(item.num_steps for item in output.scheduled)
             self.speculation.observe_step(output.spec_plan, seconds / positions)
 
-    def _observe_speculation(self, request: Request, proposed: int, accepted: int, emitted: int) -> None:
+    def _observe_speculation(self, request: Request, verifies: list[tuple[int, int]], emitted: int) -> None:
         if self.speculation is None:
             return
-        if proposed <= 0:
+        if not any(proposed > 0 for proposed, _ in verifies):
             self.speculation.fade(request, emitted)
             return
-        self.speculation.observe(request, proposed, accepted)
-        request.num_draft_tokens += proposed
-        request.num_accepted_tokens += accepted
-        self.spec_counters.record(proposed, accepted)
+        for proposed, accepted in verifies:
+            self.speculation.observe(request, proposed, accepted)
+            request.num_draft_tokens += proposed
+            request.num_accepted_tokens += accepted
+            self.spec_counters.record(proposed, accepted)
 
     def _num_cacheable_tokens(self, request: Request) -> int:
         if self.has_draft_cache:

@@ -48,7 +48,7 @@ import torch
 
 from helix.worker.attention.metadata import AttentionMetadata, SequenceSpan
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.token_feed import TokenFeed
+from helix.worker.token_feed import PositionShift, TokenFeed
 
 logger = logging.getLogger(__name__)
 
@@ -259,49 +259,59 @@ class GraphRunner:
         return self._eager_splits(num_seqs, (max_seq_len,) * num_seqs, query_len)
 
     # -- replay ----------------------------------------------------------------
-    def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int],
-            feeds: Sequence[TokenFeed] = ()) -> tuple[torch.Tensor, int] | None:
+    def run(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int], feeds: Sequence[TokenFeed] = (),
+            shift: PositionShift | None = None) -> tuple[torch.Tensor, int] | None:
         """(hidden [len(spans) * q, hidden], q) from a graph replay, where span i's
         tokens are rows i*q onwards; or None where the batch needs the eager
         path. Valid until this runner's next replay. `feeds`: input tokens that
-        only the device has yet, copied in after the staged ids."""
+        only the device has yet, copied in after the staged ids. `shift`: spans
+        start that much later (on the device; every span then has q tokens)."""
         num_seqs = len(spans)
         query_len = max((span.num_new for span in spans), default=0)
         buckets = self.buckets.get(query_len)
         if buckets is None or num_seqs == 0 or num_seqs > buckets[-1] or len(token_ids) != sum(
                 span.num_new for span in spans):
             return None
-        staged = self._stage_rows(spans, token_ids, query_len)
+        if shift is not None and any(span.num_new != query_len for span in spans):
+            return None
+        most = shift.most if shift is not None else 0
+        staged = self._stage_rows(spans, token_ids, query_len, most)
         if staged is None:
             return None
         bucket = buckets[bisect.bisect_left(buckets, num_seqs)]
-        splits = self.splits_for(num_seqs, query_len, max(staged[3]))
+        splits = self.splits_for(num_seqs, query_len, max(staged[3]) + most)
         entry = self._graphs.get((bucket, query_len, splits))
         if entry is None:
             return None
         self._stage(bucket, query_len, *staged)
         for feed in feeds:
             feed.apply(self._tokens[0], range(0, num_seqs * query_len, query_len))
+        if shift is not None:
+            num_tokens = num_seqs * query_len
+            shift.apply(self._tokens[1, :num_tokens].view(num_seqs, query_len), self._seq_lens[:num_seqs],
+                        self._tokens[2, :num_tokens].view(num_seqs, query_len), self._block_tables[:num_seqs],
+                        self.block_size)
         graph, hidden = entry
         graph.replay()
         self.replays[(bucket, query_len, splits)] += 1
         return hidden[:num_seqs * query_len], query_len
 
-    def _stage_rows(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int], query_len: int
+    def _stage_rows(self, spans: Sequence[SequenceSpan], token_ids: Sequence[int], query_len: int, most: int
                     ) -> tuple[list[int], list[int], list[int], list[int], list[Sequence[int]]] | None:
         """Host rows of the padded batch: ids, positions, slots (per token), sequence
-        lengths and block tables (per sequence); None if a span does not fit."""
+        lengths and block tables (per sequence); None if a span, shifted by up to
+        `most` positions, does not fit. Tables cover the shifted span."""
         block_size = self.block_size
         ids, positions, slots, seq_lens, tables = [], [], [], [], []
         offset = 0
         for span in spans:
             start, count = span.num_computed, span.num_new
             padded_len = start + query_len
-            num_blocks = -(-padded_len // block_size)
-            if count < 1 or start + count > self.max_model_len or num_blocks > self.max_blocks:
+            num_blocks = -(-(padded_len + most) // block_size)
+            if count < 1 or start + count + most > self.max_model_len or num_blocks > self.max_blocks:
                 return None
             table = span.block_table
-            if len(table) * block_size < start + count:
+            if len(table) * block_size < start + count + most:
                 return None
             ids.extend(token_ids[offset:offset + count])
             ids.extend((0,) * (query_len - count))

@@ -29,8 +29,10 @@ from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
-from helix.worker.spec_decode.rejection_sampler import AcceptFn, decide_rows, emitted_tokens
-from helix.worker.token_feed import TokenFeed
+from helix.worker.spec_decode.draft_proposer import DraftModelProposer
+from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows, greedy_round
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
+from helix.worker.token_feed import PositionShift, TokenFeed
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ class _PendingPromptLogprobs:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, seed: int = 0, proposer: Proposer | None = None,
-                 graphs: DecodeGraphSpec | None = None, accept: AcceptFn = emitted_tokens):
+                 graphs: DecodeGraphSpec | None = None, accept: Acceptance | None = None):
         self.model = model
-        self.accept = accept  # decides which drafts a verify keeps
+        self.accept = accept if accept is not None else ExactAcceptance()  # which drafts a verify keeps
         self.block_size = block_size
         self.device = device
         self.proposer = proposer
@@ -120,6 +122,8 @@ class ModelRunner:
         output = ModelOutput(sampled={})
         if not step.scheduled:
             return lambda: output
+        if step.scheduled[0].num_spec_tokens and step.scheduled[0].num_steps > 1:
+            return self._launch_rounds(step.scheduled)
         proposals = Proposals() if self.proposer is None else self.proposer.propose(step.scheduled, self._row_for)
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
@@ -137,6 +141,51 @@ class ModelRunner:
             proposals.read_drafts()
             self._verify(verify, proposals, output)
             output.draft_computed.update(proposals.draft_computed)
+            return output
+
+        return finish
+
+    def _launch_rounds(self, scheduled: list[ScheduledRequest]) -> Callable[[], ModelOutput]:
+        """Chained speculative rounds (every request: the same K, the same number of
+        rounds, greedy; see `rounds`). Round 0 is an ordinary verify; each later
+        round drafts and verifies from where the one before stopped, on the device."""
+        assert isinstance(self.proposer, DraftModelProposer)
+        self._last_sampled = []
+        k, num_rounds, num_seqs = scheduled[0].num_spec_tokens, scheduled[0].num_steps, len(scheduled)
+        proposals = self.proposer.propose(scheduled, self._row_for)
+        first_drafts = torch.stack([rows.token_ids for rows in proposals.on_device], dim=1)  # [B, K]
+        hidden, _ = self._forward(scheduled, proposals)
+        known = [item.request.token_ids(item.start, item.start + 1)[0] for item in scheduled]
+        inputs = RoundInputs.first(to_device(known, torch.int64, self.device))
+        drafts, kept, next_tokens = [first_drafts], [], []
+        every = tuple(range(num_seqs))
+        for r in range(num_rounds):
+            if r:
+                positions = [item.start + r for item in scheduled]  # the lowest start: a token per round before
+                drafts.append(self.proposer.propose_round(scheduled, positions, inputs))
+                spans = [SequenceSpan(item.block_table, position, 1 + k)
+                         for item, position in zip(scheduled, positions)]
+                feeds = [TokenFeed(every, inputs.last, every)] + [
+                    TokenFeed(every, drafts[-1][:, d], every, offset=1 + d) for d in range(k)]
+                hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
+            # Every span has 1 + K rows, end to end, graph or eager.
+            best = self.model.compute_logits(hidden[:num_seqs * (1 + k)]).argmax(dim=-1).view(num_seqs, 1 + k)
+            round_kept, next_token = greedy_round(drafts[-1], best, self.accept)
+            kept.append(round_kept)
+            next_tokens.append(next_token)
+            inputs = inputs.after(drafts[-1], round_kept, next_token)
+        verdicts = ChainedVerdicts.of(drafts, kept, next_tokens)
+
+        @torch.inference_mode()
+        def finish() -> ModelOutput:
+            output = ModelOutput(sampled={})
+            for item, (emitted, kept_per_round) in zip(scheduled, verdicts.per_request()):
+                request_id = item.request.request_id
+                output.sampled[request_id] = emitted
+                output.verifies[request_id] = [(k, count) for count in kept_per_round]
+                # The last round's pass A and passes B computed the draft cache up to its K - 1th draft.
+                last_start = item.start + num_rounds - 1 + sum(kept_per_round[:-1])
+                output.draft_computed[request_id] = last_start + k
             return output
 
         return finish
@@ -182,12 +231,20 @@ class ModelRunner:
         feeds = self._draft_feeds(scheduled, proposals)
         feeds.extend(TokenFeed(tuple(fed_spans), source.tokens.token_ids, tuple(fed_rows))
                      for source, fed_spans, fed_rows in fed.values())
+        return self._run_spans(spans, token_ids, feeds)
+
+    def _run_spans(self, spans: list[SequenceSpan], token_ids: list[int], feeds: Sequence[TokenFeed],
+                   shift: PositionShift | None = None) -> tuple[torch.Tensor, SpanRows]:
+        """The target forward over `spans` (shifted by `shift` on the device): a graph
+        replay where one covers the batch, else eager."""
         counts = tuple(span.num_new for span in spans)
         if self.graphs is not None:
-            replayed = self.graphs.run(spans, token_ids, feeds)
+            replayed = self.graphs.run(spans, token_ids, feeds, shift)
             if replayed is not None:
                 hidden, query_len = replayed
                 return hidden, SpanRows(tuple(range(0, query_len * len(spans), query_len)), counts)
+        if shift is not None:
+            spans = shift.shifted(spans)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = to_device(token_ids, torch.int64, self.device)
         for feed in feeds:
@@ -318,8 +375,7 @@ class ModelRunner:
                 accepted, stopping = decided[tensor][row:row + count], decided[tensor + 1][row:row + count]
             emitted = self.accept(drafts, accepted, stopping)
             output.sampled[request.request_id] = emitted
-            output.num_proposed[request.request_id] = len(drafts)
-            output.num_accepted[request.request_id] = len(emitted) - 1
+            output.verifies[request.request_id] = [(len(drafts), len(emitted) - 1)]
             if request.params.logprobs is not None:
                 output.logprobs[request.request_id] = _emitted_logprobs(pending.logits[span], emitted,
                                                                         request.params.logprobs)

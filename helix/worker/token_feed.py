@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from helix.worker.attention.metadata import SequenceSpan
 from helix.worker.device import to_device
 
 
@@ -38,3 +39,29 @@ class TokenFeed:
             input_ids[destination[0]:destination[-1] + 1:stride].copy_(tokens)  # one strided copy, no index
         else:
             input_ids[to_device(destination, torch.int64, input_ids.device)] = tokens
+
+
+@dataclass(frozen=True)
+class PositionShift:
+    """Spans that start `by[i]` positions later than staged: in chained
+    speculative rounds, the drafts the rounds before kept, known only on the
+    device. The host stages each span at its lowest start and the device adds
+    the rest; `most` bounds every entry (sizing tables and split choices)."""
+
+    by: torch.Tensor  # [num_seqs] int64, on the device
+    most: int
+
+    def apply(self, positions: torch.Tensor, seq_lens: torch.Tensor, slots: torch.Tensor,
+              block_tables: torch.Tensor, block_size: int) -> None:
+        """Shift staged inputs in place: positions and slots [num_seqs, q] (every
+        token real), seq_lens [num_seqs], and recompute the slots from the block
+        tables [num_seqs, width] (which must cover the shifted positions)."""
+        positions += self.by.unsqueeze(1)
+        seq_lens += self.by.to(seq_lens.dtype)
+        blocks = block_tables.gather(1, positions // block_size).to(torch.int64)
+        slots.copy_(blocks * block_size + positions % block_size)
+
+    def shifted(self, spans: Sequence[SequenceSpan]) -> list[SequenceSpan]:
+        """The spans where they really start (waits for the device)."""
+        return [SequenceSpan(span.block_table, span.num_computed + by, span.num_new)
+                for span, by in zip(spans, self.by.tolist())]

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from helix import LLM, SamplingParams
+from helix.worker.attention import SequenceSpan
 from helix.worker.cuda_graphs import GraphRunner
+from helix.worker.token_feed import PositionShift
 from tests.engine.test_multi_step import count_multi_steps
 from tests.regimes import _REGIME_OPTIONS, assert_drained, run_regime
 from tests.tiny_models import ARCHITECTURES, VOCAB_SIZE
@@ -30,8 +32,8 @@ def _record_batches(runner: GraphRunner) -> list[tuple[int, bool]]:
     calls: list[tuple[int, bool]] = []
     run = runner.run
 
-    def recording_run(spans: Any, token_ids: Any, feeds: Any = ()) -> tuple[torch.Tensor, int] | None:
-        replayed = run(spans, token_ids, feeds)
+    def recording_run(spans: Any, token_ids: Any, feeds: Any = (), shift: Any = None) -> tuple[torch.Tensor, int] | None:
+        replayed = run(spans, token_ids, feeds, shift)
         if all(span.num_new == 1 for span in spans):
             calls.append((len(spans), replayed is not None))
         return replayed
@@ -276,3 +278,71 @@ def test_a_dropped_engine_with_graphs_is_collected(tiny_model_dirs: dict[str, Pa
     del llm
     gc.collect()
     assert model() is None
+
+
+def _count_shifted_replays(runner: Any) -> list[int]:
+    """Wrap `runner.run` so that [0] counts replays of spans shifted on the device."""
+    counter, run = [0], runner.run
+
+    def counting_run(*args: Any, **kwargs: Any) -> Any:
+        replayed = run(*args, **kwargs)
+        shift = kwargs.get("shift", args[3] if len(args) > 3 else None)
+        counter[0] += shift is not None and replayed is not None
+        return replayed
+
+    runner.run = counting_run
+    return counter
+
+
+@pytest.mark.parametrize("regime,draft", [("ample", "target"), ("swap", "target"), ("ample", "unrelated")])
+def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, tiny_model_dirs: dict[str, Path],
+                                                 unrelated_draft_dir: Path, greedy_prompts: list[list[int]],
+                                                 greedy_expected: list[list[int]]) -> None:
+    """Chained speculative rounds replay the target's verify graphs, the draft's
+    two-token pass A and its draft loop with positions shifted on the device.
+    With the target as its own draft and a coin keeping half the drafts, rounds
+    start at random offsets while every emitted token is still greedy; with an
+    unrelated draft the verdicts are the model's. Output stays transformers'
+    greedy tokens (fp32), blocks drain."""
+    target = tiny_model_dirs["llama"]
+    options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode="fixed",
+                                   num_speculative_tokens=3, num_scheduler_steps=4)
+    if draft == "target":
+        options["spec_synthetic_acceptance"] = 0.5
+    else:
+        options["draft_model"] = str(unrelated_draft_dir)
+    llm = run_regime(regime, target, greedy_prompts, greedy_expected, **options)
+    runner = llm.engine.runner
+    verify, draft_pass = _count_shifted_replays(runner.graphs), _count_shifted_replays(runner.proposer.graphs)
+    loop_replays = runner.proposer.loop.replays
+    params = SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]), ignore_eos=True)
+    outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == greedy_expected
+    assert_drained(llm)
+    assert verify[0] > 0 and draft_pass[0] > 0 and runner.proposer.loop.replays > loop_replays
+
+
+def test_a_shifted_replay_equals_a_replay_staged_where_the_spans_start(tiny_model_dirs: dict[str, Path]) -> None:
+    """The device's shift of positions, sequence lengths and slots gives the
+    hidden states and cache writes of spans staged at their real starts."""
+    llm = LLM(str(tiny_model_dirs["llama"]), device="cuda", dtype="float32", block_size=4, num_kv_blocks=256,
+              max_num_seqs=8, draft_model=str(tiny_model_dirs["llama"]), num_speculative_tokens=3)
+    runner = llm.engine.runner
+    graphs, cache = runner.graphs, runner.kv_cache
+
+    torch.manual_seed(0)
+    cache.normal_()
+    tables = [tuple(range(i * 20, i * 20 + 20)) for i in range(5)]
+    lowest, by = [7, 30, 12, 3, 41], [0, 5, 2, 9, 1]
+    token_ids = torch.randint(1, VOCAB_SIZE, (5 * 4,)).tolist()
+    before = cache.clone()
+    shifted = graphs.run([SequenceSpan(t, p, 4) for t, p in zip(tables, lowest)], token_ids, (),
+                         PositionShift(torch.tensor(by, device="cuda"), max(by)))
+    assert shifted is not None
+    shifted_hidden, shifted_cache = shifted[0].clone(), cache.clone()
+    cache.copy_(before)
+    staged = graphs.run([SequenceSpan(t, p + b, 4) for t, p, b in zip(tables, lowest, by)], token_ids)
+    assert staged is not None
+    assert torch.equal(shifted_hidden, staged[0])
+    assert torch.equal(shifted_cache, cache)
+    assert not torch.equal(cache, before)

@@ -30,6 +30,7 @@ import torch
 from helix.worker.attention.metadata import AttentionMetadata
 from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, collection_paused, fill_block_tables
 from helix.worker.models import LlamaForCausalLM
+from helix.worker.token_feed import PositionShift
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,19 @@ class DraftLoopGraphs:
 
     # -- replay ----------------------------------------------------------------------
     def run(self, first_tokens: torch.Tensor, positions: Sequence[int], tables: Sequence[Sequence[int]],
-            depth: int) -> torch.Tensor:
+            depth: int, shift: PositionShift | None = None) -> torch.Tensor:
         """Drafts [n, depth] after `first_tokens` [n] (on the device), which sit at
-        `positions` of sequences with these block tables. Valid until the next run."""
+        `positions` of sequences with these block tables (plus `shift`, on the
+        device; the tables cover it). Valid until the next run."""
         num_seqs = len(positions)
         bucket = self.buckets[bisect.bisect_left(self.buckets, num_seqs)]
-        last_len = max(positions) + depth
+        last_len = max(positions) + depth + (shift.most if shift is not None else 0)
         splits = self.passes.splits_for(num_seqs, 1, last_len)
         graph = self._graphs[(bucket, depth, splits)]
         self._stage(bucket, positions, tables)
+        if shift is not None:
+            shift.apply(self._positions[:num_seqs].unsqueeze(1), self._seq_lens[:num_seqs],
+                        self._slots[:num_seqs].unsqueeze(1), self._block_tables[:num_seqs], self.block_size)
         self._ids[:num_seqs].copy_(first_tokens)
         graph.replay()
         self.replays += 1

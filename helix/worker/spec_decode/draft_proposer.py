@@ -9,6 +9,8 @@ Passes B then extend each speculating request by one draft token at a time,
 K - 1 times, batched over the requests that still need more. Draft tokens
 stay on the device: each pass's choices are fed into the next pass (and into
 verification) there, and reach the host once, after the last pass.
+Chained rounds (`propose_round`) draft from inputs only the device has: the
+tokens around the round's start and how far it moved (`rounds.RoundInputs`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
 from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
 from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
-from helix.worker.token_feed import TokenFeed
+from helix.worker.spec_decode.rounds import RoundInputs
+from helix.worker.token_feed import PositionShift, TokenFeed
 
 
 class DraftModelProposer:
@@ -88,6 +91,31 @@ class DraftModelProposer:
         proposals.start_reading()
         return proposals
 
+    @torch.inference_mode()
+    def propose_round(self, scheduled: Sequence[ScheduledRequest], positions: Sequence[int],
+                      inputs: RoundInputs) -> torch.Tensor:
+        """Greedy drafts [B, K] for a chained round whose verify span starts at
+        `positions` (lowest; plus `inputs.shift` on the device): pass A feeds the
+        token before that position and the one at it (the draft cache may lack
+        the first when the round before kept every draft; rewriting it is
+        harmless), then passes B extend the drafts to K."""
+        num_seqs, k = len(scheduled), scheduled[0].num_spec_tokens
+        every = tuple(range(num_seqs))
+        spans = [SequenceSpan(item.block_table, position - 1, 2) for item, position in zip(scheduled, positions)]
+        feeds = (TokenFeed(every, inputs.before_last, every), TokenFeed(every, inputs.last, every, offset=1))
+        hidden, last_rows = self._forward(spans, [0] * 2 * num_seqs, feeds, inputs.shift)
+        drafts = [self.model.compute_logits(hidden[last_rows]).argmax(dim=-1)]  # each [B]
+        if k > 1 and self.loop is not None and self.loop.covers(num_seqs, k - 1):
+            tables = [item.block_table for item in scheduled]
+            more = self.loop.run(drafts[0], [position + 1 for position in positions], tables, k - 1, inputs.shift)
+            return torch.cat([drafts[0].unsqueeze(1), more], dim=1)
+        for depth in range(1, k):
+            spans = [SequenceSpan(item.block_table, position + depth, 1) for item, position in zip(scheduled, positions)]
+            hidden, last_rows = self._forward(spans, [0] * num_seqs, (TokenFeed(every, drafts[-1], every),),
+                                              inputs.shift)
+            drafts.append(self.model.compute_logits(hidden[last_rows]).argmax(dim=-1))
+        return torch.stack(drafts, dim=1)
+
     def _loop_covers(self, speculating: list[ScheduledRequest], depth: int) -> bool:
         """Whether passes B can run as one graph: every request drafts greedily, with
         no logit edits, to the same depth."""
@@ -131,16 +159,18 @@ class DraftModelProposer:
         hidden, last_rows = self._forward(spans, [0] * len(extending), (feed,))
         return self._sample_next(extending, hidden[last_rows], row_for, history, q_rows)
 
-    def _forward(self, spans: list[SequenceSpan], token_ids: list[int],
-                 feeds: Sequence[TokenFeed] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, spans: list[SequenceSpan], token_ids: list[int], feeds: Sequence[TokenFeed] = (),
+                 shift: PositionShift | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graphs is not None:
-            replayed = self.graphs.run(spans, token_ids, feeds)
+            replayed = self.graphs.run(spans, token_ids, feeds, shift)
             if replayed is not None:
                 hidden, query_len = replayed
                 if query_len == 1:
                     return hidden, self.graphs.row_indices[:len(spans)]
                 last = [i * query_len + span.num_new - 1 for i, span in enumerate(spans)]
                 return hidden, to_device(last, torch.int64, self.device)
+        if shift is not None:
+            spans = shift.shifted(spans)
         meta = build_attention_metadata(spans, self.block_size, self.device)
         input_ids = to_device(token_ids, torch.int64, self.device)
         for feed in feeds:

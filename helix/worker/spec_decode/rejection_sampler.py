@@ -18,14 +18,32 @@ accepted prefix and the token where it stops.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 import torch
 
 from helix.worker.sampler import draw_rows
 
-# (draft tokens, each draft's acceptance test, each row's stopping token) -> emitted tokens
-AcceptFn = Callable[[list[int], list[bool], list[int]], list[int]]
+
+
+class Acceptance(Protocol):
+    """Decides which drafts a verify keeps: on the host from each row's test and
+    stopping token (`__call__`), or on the device for greedy rounds chained
+    there (`on_device`: each draft's test [B, K] bool -> the tests to apply)."""
+
+    def __call__(self, draft_tokens: list[int], accepted: list[bool], stopping: list[int]) -> list[int]: ...
+
+    def on_device(self, accepted: torch.Tensor) -> torch.Tensor: ...
+
+
+class ExactAcceptance:
+    """The model's own verdicts."""
+
+    def __call__(self, draft_tokens: list[int], accepted: list[bool], stopping: list[int]) -> list[int]:
+        return emitted_tokens(draft_tokens, accepted, stopping)
+
+    def on_device(self, accepted: torch.Tensor) -> torch.Tensor:
+        return accepted
 
 
 def residual_distribution(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
@@ -67,3 +85,13 @@ def emitted_tokens(draft_tokens: list[int], accepted: list[bool], stopping: list
         if not accepted[i]:
             return draft_tokens[:i] + [stopping[i]]
     return draft_tokens + [stopping[len(draft_tokens)]]
+
+
+def greedy_round(drafts: torch.Tensor, best: torch.Tensor, acceptance: Acceptance) -> tuple[torch.Tensor, torch.Tensor]:
+    """A greedy verify decided on the device. drafts: [B, K]; best: [B, K + 1],
+    the target's argmax at each verify row. Returns (kept [B]: the drafts kept,
+    the prefix that matched the argmax (or passed the acceptance's own test);
+    next [B]: the token after them, the argmax at row `kept`)."""
+    accepted = acceptance.on_device(drafts == best[:, :-1])
+    kept = accepted.to(torch.int64).cumprod(dim=1).sum(dim=1)
+    return kept, best.gather(1, kept.unsqueeze(1)).squeeze(1)

@@ -1,0 +1,68 @@
+"""Speculative rounds chained on the device.
+
+A multi-step of speculative decoding runs R rounds for the same B requests,
+each drafting K tokens and verifying them. Where a round starts depends on
+how many drafts the rounds before kept, which only the device knows: round r
+starts at the request's first position + r + (drafts kept so far). The host
+stages every round at its lowest start (each earlier round emitted at least
+one token) and the device adds the rest (`PositionShift`), so no round waits
+for the host, and the host reads every round's verdicts once, at the end.
+Greedy only: a round's verdict is the argmax comparison (`greedy_round`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from helix.worker.device import HostCopy
+from helix.worker.token_feed import PositionShift
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a round takes from the one before, per request, on the device."""
+
+    last: torch.Tensor         # [B] the token at the round's first position (the last one known)
+    before_last: torch.Tensor  # [B] the token one position before it
+    shift: PositionShift       # drafts kept by the rounds before: the round starts that much later
+
+    @classmethod
+    def first(cls, last: torch.Tensor) -> RoundInputs:
+        """Round 0's: its start is known on the host (no shift). Its pass A is the
+        ordinary catch-up, so `before_last` is not read."""
+        return cls(last, last, PositionShift(torch.zeros_like(last), 0))
+
+    def after(self, drafts: torch.Tensor, kept: torch.Tensor, next_token: torch.Tensor) -> RoundInputs:
+        """The next round's inputs, from this round's drafts [B, K], drafts kept [B]
+        and the token after them [B]."""
+        kept_last = drafts.gather(1, (kept - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        return RoundInputs(next_token, torch.where(kept > 0, kept_last, self.last),
+                           PositionShift(self.shift.by + kept, self.shift.most + drafts.shape[1]))
+
+
+@dataclass(frozen=True)
+class ChainedVerdicts:
+    """Every round's drafts [R, B, K], drafts kept [R, B] and next tokens [R, B],
+    on their way to the host."""
+
+    copy: HostCopy
+
+    @classmethod
+    def of(cls, drafts: list[torch.Tensor], kept: list[torch.Tensor], next_tokens: list[torch.Tensor]
+           ) -> ChainedVerdicts:
+        return cls(HostCopy([torch.stack(drafts), torch.stack(kept), torch.stack(next_tokens)]))
+
+    def per_request(self) -> list[tuple[list[int], list[int]]]:
+        """For each request (waits for the copy): (tokens emitted over the rounds,
+        drafts kept per round)."""
+        drafts, kept, next_tokens = (tensor.tolist() for tensor in self.copy.wait())
+        results = []
+        for b in range(len(kept[0])):
+            emitted: list[int] = []
+            for r in range(len(kept)):
+                emitted.extend(drafts[r][b][:kept[r][b]])
+                emitted.append(next_tokens[r][b])
+            results.append((emitted, [kept[r][b] for r in range(len(kept))]))
+        return results

@@ -1,0 +1,140 @@
+"""Speculative rounds chained on the device (`num_scheduler_steps` > 1 with a
+draft model): each round starts where the round before stopped, which only
+the device knows, and the host reads every round at the end. Greedy output
+must stay exactly transformers' in every engine regime, whatever each round
+keeps, with every block back in the pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helix import LLM, SamplingParams
+from helix.scheduler.outputs import SchedulerOutput
+from helix.worker.spec_decode.rejection_sampler import ExactAcceptance, greedy_round
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
+from helix.worker.spec_decode.synthetic import SyntheticAcceptance
+from tests.engine.test_async_scheduling import completions
+from tests.regimes import REGIMES, assert_drained, greedy_rerun_count, run_regime
+
+K = 3
+
+
+def count_chained(llm: LLM) -> list[int]:
+    """Wrap the engine's runner so that [0] counts launched steps of chained rounds."""
+    runner, counter = llm.engine.runner, [0]
+    launch = runner.launch
+
+    def counting(step: SchedulerOutput) -> Any:
+        counter[0] += any(item.num_steps > 1 and item.num_spec_tokens for item in step.scheduled)
+        return launch(step)
+
+    runner.launch = counting
+    return counter
+
+
+def spec_options(draft: Path, **options: Any) -> dict[str, Any]:
+    return dict(draft_model=str(draft), num_speculative_tokens=K, speculation_mode="fixed", num_scheduler_steps=4,
+                **options)
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_greedy_equals_transformers_with_a_draft_right_half_the_time(
+        regime: str, tiny_model_dirs: dict[str, Path], greedy_prompts: list[list[int]],
+        greedy_expected: list[list[int]]) -> None:
+    # The draft is the target, so every draft is the greedy token; the coin still
+    # rejects half of them, and a rejected row emits the target's argmax: the same
+    # token. So rounds keep 0..K drafts at random while the output stays greedy.
+    target = tiny_model_dirs["llama"]
+    llm = run_regime(regime, target, greedy_prompts, greedy_expected,
+                     **spec_options(target, spec_synthetic_acceptance=0.5))
+    stats = llm.stats()
+    assert 0.4 < stats["acceptance_rate_position_0"] < 0.6  # the first draft of a round: the coin alone
+    if regime != "aborts":  # run_regime builds the engine; count on a second, identical run
+        assert greedy_rerun_count(llm, count_chained, greedy_prompts, greedy_expected) > 0
+
+
+@pytest.mark.parametrize("draft", ["target", "unrelated"])
+def test_greedy_equals_transformers_with_real_verdicts(draft: str, tiny_model_dirs: dict[str, Path],
+                                                       unrelated_draft_dir: Path, greedy_prompts: list[list[int]],
+                                                       greedy_expected: list[list[int]]) -> None:
+    target = tiny_model_dirs["llama"]
+    draft_dir = target if draft == "target" else unrelated_draft_dir
+    llm = run_regime("ample", target, greedy_prompts, greedy_expected, **spec_options(draft_dir))
+    rate = llm.stats()["acceptance_rate"]
+    assert rate == 1.0 if draft == "target" else rate < 0.3
+    assert greedy_rerun_count(llm, count_chained, greedy_prompts, greedy_expected) > 0
+
+
+def generate(model_dir: Path, prompts: list[list[int]], params: Any, **options: Any) -> tuple[list[Any], int]:
+    llm = LLM(str(model_dir), check_invariants=True, num_kv_blocks=256, block_size=4, **options)
+    chained = count_chained(llm)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert_drained(llm)
+    return outputs, chained[0]
+
+
+@pytest.mark.parametrize("max_tokens", [7, 20])
+def test_stop_tokens_and_max_tokens_inside_chained_rounds(max_tokens: int, tiny_model_dirs: dict[str, Path],
+                                                          greedy_prompts: list[list[int]],
+                                                          greedy_expected: list[list[int]]) -> None:
+    # Half the prompts stop at their 6th greedy token, the rest run to max_tokens:
+    # both end requests inside a chain of rounds, whose later tokens are dropped.
+    target = tiny_model_dirs["llama"]
+    stop_ids = sorted({tokens[5] for tokens in greedy_expected[:8]})
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=stop_ids)
+    prompts = greedy_prompts[:16]
+    plain, _ = generate(target, prompts, params)
+    chained, num_chained = generate(target, prompts, params, **spec_options(target, spec_synthetic_acceptance=0.6))
+    assert completions(chained) == completions(plain)
+    assert sum(o.outputs[0].finish_reason == "stop" for o in chained) >= 8
+    assert sum(o.outputs[0].finish_reason == "length" for o in chained) > 0
+    assert num_chained > 0
+
+
+def test_logprobs_and_sampled_requests_are_not_chained(tiny_model_dirs: dict[str, Path],
+                                                       greedy_prompts: list[list[int]]) -> None:
+    target = tiny_model_dirs["llama"]
+    for params in (SamplingParams(temperature=0.0, max_tokens=12, logprobs=2, ignore_eos=True),
+                   SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True)):
+        _, num_chained = generate(target, greedy_prompts[:4], params, **spec_options(target))
+        assert num_chained == 0
+
+
+def test_greedy_round_keeps_the_matching_prefix() -> None:
+    drafts = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7]])
+    best = torch.tensor([[5, 6, 7, 8],    # every draft matches: the bonus token follows
+                         [5, 9, 7, 8],    # the second draft misses: the argmax there replaces it
+                         [1, 6, 7, 8]])   # the first misses, though later ones match
+    kept, next_token = greedy_round(drafts, best, ExactAcceptance())
+    assert kept.tolist() == [3, 1, 0]
+    assert next_token.tolist() == [8, 9, 1]
+
+
+def test_round_inputs_follow_the_kept_drafts() -> None:
+    inputs = RoundInputs.first(torch.tensor([40, 41]))
+    drafts = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    after = inputs.after(drafts, torch.tensor([2, 0]), torch.tensor([9, 8]))
+    assert after.last.tolist() == [9, 8]
+    assert after.before_last.tolist() == [6, 41]  # the last kept draft, else the round's own first token
+    assert after.shift.by.tolist() == [2, 0] and after.shift.most == K
+    again = after.after(drafts, torch.tensor([3, 1]), torch.tensor([1, 2]))
+    assert again.shift.by.tolist() == [5, 1] and again.shift.most == 2 * K
+
+
+def test_chained_verdicts_emit_each_rounds_kept_drafts_then_its_next_token() -> None:
+    drafts = [torch.tensor([[5, 6, 7]]), torch.tensor([[10, 11, 12]])]
+    verdicts = ChainedVerdicts.of(drafts, [torch.tensor([2]), torch.tensor([0])], [torch.tensor([9]), torch.tensor([3])])
+    assert verdicts.per_request() == [([5, 6, 9, 3], [2, 0])]
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.7])
+def test_the_device_coin_accepts_with_probability_a(rate: float) -> None:
+    tests = SyntheticAcceptance(rate, seed=5).on_device(torch.zeros((4000, K), dtype=torch.bool))
+    share = tests.float().mean().item()
+    assert abs(share - rate) < 4 * (rate * (1 - rate) / tests.numel()) ** 0.5
+    again = SyntheticAcceptance(rate, seed=5).on_device(torch.zeros((4000, K), dtype=torch.bool))
+    assert torch.equal(tests, again)
