@@ -153,7 +153,8 @@ def _decode_md(section: Any) -> list[str]:
     single = [f"{name} {entry['helix_single_step']['decode_tok_s']:.0f} tok/s" for name, entry in section.items()
               if "helix_single_step" in entry]
     if single:
-        lines += ["", f"With num_scheduler_steps=1 (a host round trip per token), in the same run: {', '.join(single)}."]
+        lines += ["", "With num_scheduler_steps=1 (a host round trip per token), in the same run: "
+                      f"{', '.join(single)}."]
     return lines + [""]
 
 

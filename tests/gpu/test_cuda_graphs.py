@@ -32,7 +32,7 @@ def _record_batches(runner: GraphRunner) -> list[tuple[int, bool]]:
     calls: list[tuple[int, bool]] = []
     run = runner.run
 
-    def recording_run(spans: Any, token_ids: Any, feeds: Any = (), shift: Any = None) -> tuple[torch.Tensor, int] | None:
+    def recording_run(spans: Any, token_ids: Any, feeds: Any = (), shift: Any = None) -> Any:
         replayed = run(spans, token_ids, feeds, shift)
         if all(span.num_new == 1 for span in spans):
             calls.append((len(spans), replayed is not None))
@@ -98,8 +98,8 @@ def test_scheduling_ahead_matches_scheduling_after_results(regime: str, dtype: s
         fed: list[int] = []
         run = llm.engine.runner.graphs.run
 
-        def recording_run(spans: Any, token_ids: Any, feeds: Any = ()) -> Any:
-            replayed = run(spans, token_ids, feeds)
+        def recording_run(spans: Any, token_ids: Any, feeds: Any = (), shift: Any = None) -> Any:
+            replayed = run(spans, token_ids, feeds, shift)
             if feeds and replayed is not None:
                 fed.append(len(feeds))
             return replayed

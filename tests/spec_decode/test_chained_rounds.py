@@ -127,7 +127,8 @@ def test_round_inputs_follow_the_kept_drafts() -> None:
 
 def test_chained_verdicts_emit_each_rounds_kept_drafts_then_its_next_token() -> None:
     drafts = [torch.tensor([[5, 6, 7]]), torch.tensor([[10, 11, 12]])]
-    verdicts = ChainedVerdicts.of(drafts, [torch.tensor([2]), torch.tensor([0])], [torch.tensor([9]), torch.tensor([3])])
+    kept, next_tokens = [torch.tensor([2]), torch.tensor([0])], [torch.tensor([9]), torch.tensor([3])]
+    verdicts = ChainedVerdicts.of(drafts, kept, next_tokens)
     assert verdicts.per_request() == [([5, 6, 9, 3], [2, 0])]
 
 

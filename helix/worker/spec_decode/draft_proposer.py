@@ -110,7 +110,8 @@ class DraftModelProposer:
             more = self.loop.run(drafts[0], [position + 1 for position in positions], tables, k - 1, inputs.shift)
             return torch.cat([drafts[0].unsqueeze(1), more], dim=1)
         for depth in range(1, k):
-            spans = [SequenceSpan(item.block_table, position + depth, 1) for item, position in zip(scheduled, positions)]
+            spans = [SequenceSpan(item.block_table, position + depth, 1)
+                     for item, position in zip(scheduled, positions)]
             hidden, last_rows = self._forward(spans, [0] * num_seqs, (TokenFeed(every, drafts[-1], every),),
                                               inputs.shift)
             drafts.append(self.model.compute_logits(hidden[last_rows]).argmax(dim=-1))

@@ -8,8 +8,8 @@ position: the emitted tokens are the accepted drafts plus the verify's own
 stopping token at the first rejected position (or the bonus position: the
 target's argmax for greedy requests, a residual or bonus draw for sampled
 ones), so the step's shape and host work match a real verify whose acceptance
-rate is `a`. Greedy rounds chained on the device toss the coin there. The output is not the target's distribution; it exists only for
-benchmarks.
+rate is `a`. Greedy rounds chained on the device toss the coin there. The
+output is not the target's distribution; it exists only for benchmarks.
 """
 
 from __future__ import annotations
