@@ -305,8 +305,9 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, tiny_m
     unrelated draft the verdicts are the model's. Output stays transformers'
     greedy tokens (fp32), blocks drain."""
     target = tiny_model_dirs["llama"]
+    # At most 8 running requests: verify graphs cover batches of up to 16 (larger ones run eagerly).
     options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode="fixed",
-                                   num_speculative_tokens=3, num_scheduler_steps=4)
+                                   num_speculative_tokens=3, num_scheduler_steps=4, max_num_seqs=8)
     if draft == "target":
         options["spec_synthetic_acceptance"] = 0.5
     else:
