@@ -74,7 +74,8 @@ class EngineCore:
         self.scheduler_config = SchedulerConfig(
             max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, policy=args.scheduling_policy,
-            check_invariants=args.check_invariants, num_scheduler_steps=args.num_scheduler_steps)
+            check_invariants=args.check_invariants, num_scheduler_steps=args.num_scheduler_steps,
+            max_chained_seqs=self._max_chained_seqs())
         self.kv = KVCacheManager(num_gpu_blocks, num_cpu_blocks, args.block_size, args.enable_prefix_caching,
                                  watermark=self.scheduler_config.watermark)
         self.scheduler = Scheduler(self.scheduler_config, self.kv, SpeculationPolicy(self.speculation),
@@ -117,6 +118,18 @@ class EngineCore:
             block_bytes += bytes_per_block(draft.arch, self.args.block_size, self.dtype)
         num_gpu_blocks = num_blocks_for_budget(self.args, block_bytes, self.device)
         return num_gpu_blocks, num_swap_blocks(self.args.swap_space, num_gpu_blocks, block_bytes)
+
+    def _max_chained_seqs(self) -> int | None:
+        """Chained speculative rounds run without the host where the verify graphs
+        cover the batch; eager rounds on an accelerator would each wait for the
+        host to read the shift, so none chain there. On the CPU reading it costs
+        nothing: any batch chains."""
+        if self.device.type == "cpu":
+            return None
+        graphs = self.runner.graphs
+        if graphs is None or not self.speculation.enabled:
+            return 0
+        return graphs.buckets[graphs.max_query_len][-1]
 
     def _acceptance(self) -> Acceptance:
         rate = self.args.spec_synthetic_acceptance

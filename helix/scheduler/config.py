@@ -16,6 +16,9 @@ class SchedulerConfig:
     watermark: float = 0.01  # fraction of GPU blocks admission leaves free for running requests
     check_invariants: bool = False  # verify block accounting after every step (debug)
     num_scheduler_steps: int = 1  # decode tokens per step where every request only decodes
+    # Most requests a step of chained speculative rounds may hold (None: any): beyond
+    # what the graphs cover, each round would wait for the host.
+    max_chained_seqs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -205,11 +205,12 @@ class Scheduler:
 
     def _chains_rounds(self, scheduled: list[ScheduledRequest]) -> bool:
         """Whether the step's speculative rounds can be chained on the device: a
-        draft model proposes, and every request verifies the same K greedily,
+        draft model proposes, the batch is at most max_chained_seqs, and every
+        request verifies the same K greedily,
         with no logprobs and no logit edits (the device decides how many drafts
         each round keeps, by the argmax of the raw logits)."""
-        k = scheduled[0].num_spec_tokens
-        return self.has_draft_cache and k > 0 and all(
+        k, most = scheduled[0].num_spec_tokens, self.config.max_chained_seqs
+        return self.has_draft_cache and k > 0 and (most is None or len(scheduled) <= most) and all(
             item.num_spec_tokens == k and item.num_new_tokens == 1 + k and item.samples
             and item.request.params.greedy and item.request.params.logprobs is None
             and not item.request.params.logit_bias and not item.request.sampler_reads_output for item in scheduled)

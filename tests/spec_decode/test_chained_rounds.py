@@ -6,6 +6,7 @@ keeps, with every block back in the pool."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,30 @@ def test_the_device_coin_accepts_with_probability_a(rate: float) -> None:
     assert abs(share - rate) < 4 * (rate * (1 - rate) / tests.numel()) ** 0.5
     again = SyntheticAcceptance(rate, seed=5).on_device(torch.zeros((4000, K), dtype=torch.bool))
     assert torch.equal(tests, again)
+
+
+def test_batches_beyond_max_chained_seqs_verify_one_round(tiny_model_dirs: dict[str, Path],
+                                                          greedy_prompts: list[list[int]],
+                                                          greedy_expected: list[list[int]]) -> None:
+    # On an accelerator the cap is what the verify graphs cover; on the CPU any batch
+    # chains, so the cap is set here. Eight requests would chain; five end early,
+    # and the last three chain.
+    target = tiny_model_dirs["llama"]
+    llm = LLM(str(target), check_invariants=True, num_kv_blocks=256, block_size=4, **spec_options(target))
+    scheduler = llm.engine.scheduler
+    scheduler.config = replace(scheduler.config, max_chained_seqs=3)
+    sizes: list[int] = []
+    launch = llm.engine.runner.launch
+
+    def recording(step: SchedulerOutput) -> Any:
+        if any(item.num_steps > 1 and item.num_spec_tokens for item in step.scheduled):
+            sizes.append(len(step.scheduled))
+        return launch(step)
+
+    llm.engine.runner.launch = recording
+    lengths = [12] * 5 + [20] * 3
+    params = [SamplingParams(temperature=0.0, max_tokens=length, ignore_eos=True) for length in lengths]
+    outputs = llm.generate(greedy_prompts[:8], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == [greedy_expected[i][:n] for i, n in enumerate(lengths)]
+    assert_drained(llm)
+    assert sizes and max(sizes) <= 3
