@@ -30,7 +30,7 @@ from helix.worker.models import LlamaForCausalLM
 from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
-from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows, greedy_round
+from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows
 from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
 from helix.worker.token_feed import PositionShift, TokenFeed
 
@@ -170,10 +170,10 @@ class ModelRunner:
                 hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
             # Every span has 1 + K rows, end to end, graph or eager.
             best = self.model.compute_logits(hidden[:num_seqs * (1 + k)]).argmax(dim=-1).view(num_seqs, 1 + k)
-            round_kept, next_token = greedy_round(drafts[-1], best, self.accept)
+            accepted = self.accept.on_device(drafts[-1] == best[:, :-1])
+            round_kept, next_token, inputs = inputs.advance(drafts[-1], best, accepted)
             kept.append(round_kept)
             next_tokens.append(next_token)
-            inputs = inputs.after(drafts[-1], round_kept, next_token)
         verdicts = ChainedVerdicts.of(drafts, kept, next_tokens)
 
         @torch.inference_mode()

@@ -17,6 +17,7 @@ import torch
 
 from helix.worker.attention.metadata import SequenceSpan
 from helix.worker.device import to_device
+from helix.worker.spec_decode.round_kernels import shift_inputs
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,7 @@ class PositionShift:
         """Shift staged inputs in place: positions and slots [num_seqs, q] (every
         token real), seq_lens [num_seqs], and recompute the slots from the block
         tables [num_seqs, width] (which must cover the shifted positions)."""
-        positions += self.by.unsqueeze(1)
-        seq_lens += self.by.to(seq_lens.dtype)
-        blocks = block_tables.gather(1, positions // block_size).to(torch.int64)
-        slots.copy_(blocks * block_size + positions % block_size)
+        shift_inputs(positions, seq_lens, slots, block_tables, self.by, block_size)
 
     def shifted(self, spans: Sequence[SequenceSpan]) -> list[SequenceSpan]:
         """The spans where they really start (waits for the device)."""

@@ -15,7 +15,6 @@ import torch
 
 from helix import LLM, SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
-from helix.worker.spec_decode.rejection_sampler import ExactAcceptance, greedy_round
 from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from tests.engine.test_async_scheduling import completions
@@ -105,25 +104,24 @@ def test_logprobs_and_sampled_requests_are_not_chained(tiny_model_dirs: dict[str
         assert num_chained == 0
 
 
-def test_greedy_round_keeps_the_matching_prefix() -> None:
+def test_a_round_keeps_the_accepted_prefix_and_moves_the_next_inputs() -> None:
+    inputs = RoundInputs.first(torch.tensor([40, 41, 42]))
     drafts = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7]])
     best = torch.tensor([[5, 6, 7, 8],    # every draft matches: the bonus token follows
                          [5, 9, 7, 8],    # the second draft misses: the argmax there replaces it
                          [1, 6, 7, 8]])   # the first misses, though later ones match
-    kept, next_token = greedy_round(drafts, best, ExactAcceptance())
+    kept, next_token, after = inputs.advance(drafts, best, drafts == best[:, :-1])
     assert kept.tolist() == [3, 1, 0]
     assert next_token.tolist() == [8, 9, 1]
-
-
-def test_round_inputs_follow_the_kept_drafts() -> None:
-    inputs = RoundInputs.first(torch.tensor([40, 41]))
-    drafts = torch.tensor([[5, 6, 7], [5, 6, 7]])
-    after = inputs.after(drafts, torch.tensor([2, 0]), torch.tensor([9, 8]))
-    assert after.last.tolist() == [9, 8]
-    assert after.before_last.tolist() == [6, 41]  # the last kept draft, else the round's own first token
-    assert after.shift.by.tolist() == [2, 0] and after.shift.most == K
-    again = after.after(drafts, torch.tensor([3, 1]), torch.tensor([1, 2]))
-    assert again.shift.by.tolist() == [5, 1] and again.shift.most == 2 * K
+    assert after.last.tolist() == [8, 9, 1]
+    assert after.before_last.tolist() == [7, 5, 42]  # the last kept draft, else the round's own first token
+    assert after.shift.by.tolist() == [3, 1, 0] and after.shift.most == K
+    # A benchmark coin overrides the tests: the verdict follows it, not the matches.
+    coin = torch.tensor([[True, False, True], [True, True, True], [False, True, True]])
+    kept, next_token, again = after.advance(drafts, best, coin)
+    assert kept.tolist() == [1, 3, 0] and next_token.tolist() == [6, 8, 1]
+    assert again.before_last.tolist() == [5, 7, 1]
+    assert again.shift.by.tolist() == [4, 4, 0] and again.shift.most == 2 * K
 
 
 def test_chained_verdicts_emit_each_rounds_kept_drafts_then_its_next_token() -> None:

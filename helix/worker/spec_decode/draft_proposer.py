@@ -26,6 +26,7 @@ from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.device import to_device
 from helix.worker.sampler import SamplingRow, choose, transform_logits
+from helix.worker.spec_decode import round_kernels
 from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
 from helix.worker.spec_decode.proposal import DraftRows, Proposal, Proposals, RowFactory
 from helix.worker.spec_decode.rounds import RoundInputs
@@ -51,6 +52,8 @@ class DraftModelProposer:
         if self.graphs is not None and self.graphs.max_query_len > 2:
             self.loop = DraftLoopGraphs(model, self.kv_cache, block_size, self.graphs, self.graphs.max_query_len - 2)
             self.loop.capture()
+        if self.graphs is not None:  # chained rounds run where graphs do
+            round_kernels.warm_up(device, self.graphs.max_query_len)
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         self.cache.swap(pairs, to_cpu)

@@ -86,12 +86,3 @@ def emitted_tokens(draft_tokens: list[int], accepted: list[bool], stopping: list
             return draft_tokens[:i] + [stopping[i]]
     return draft_tokens + [stopping[len(draft_tokens)]]
 
-
-def greedy_round(drafts: torch.Tensor, best: torch.Tensor, acceptance: Acceptance) -> tuple[torch.Tensor, torch.Tensor]:
-    """A greedy verify decided on the device. drafts: [B, K]; best: [B, K + 1],
-    the target's argmax at each verify row. Returns (kept [B]: the drafts kept,
-    the prefix that matched the argmax (or passed the acceptance's own test);
-    next [B]: the token after them, the argmax at row `kept`)."""
-    accepted = acceptance.on_device(drafts == best[:, :-1])
-    kept = accepted.to(torch.int64).cumprod(dim=1).sum(dim=1)
-    return kept, best.gather(1, kept.unsqueeze(1)).squeeze(1)

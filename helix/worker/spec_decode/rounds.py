@@ -7,7 +7,8 @@ starts at the request's first position + r + (drafts kept so far). The host
 stages every round at its lowest start (each earlier round emitted at least
 one token) and the device adds the rest (`PositionShift`), so no round waits
 for the host, and the host reads every round's verdicts once, at the end.
-Greedy only: a round's verdict is the argmax comparison (`greedy_round`).
+Greedy only: a round's verdict is the argmax comparison (`RoundInputs.advance`;
+its kernels are in `round_kernels`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from helix.worker.device import HostCopy
+from helix.worker.spec_decode.round_kernels import advance
 from helix.worker.token_feed import PositionShift
 
 
@@ -34,12 +36,16 @@ class RoundInputs:
         ordinary catch-up, so `before_last` is not read."""
         return cls(last, last, PositionShift(torch.zeros_like(last), 0))
 
-    def after(self, drafts: torch.Tensor, kept: torch.Tensor, next_token: torch.Tensor) -> RoundInputs:
-        """The next round's inputs, from this round's drafts [B, K], drafts kept [B]
-        and the token after them [B]."""
-        kept_last = drafts.gather(1, (kept - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        return RoundInputs(next_token, torch.where(kept > 0, kept_last, self.last),
-                           PositionShift(self.shift.by + kept, self.shift.most + drafts.shape[1]))
+    def advance(self, drafts: torch.Tensor, best: torch.Tensor, accepted: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, RoundInputs]:
+        """Decide a greedy round and give the next round's inputs. drafts [B, K];
+        best [B, K + 1], the target's argmax at each verify row; accepted [B, K],
+        each draft's test (whether it is the argmax, or a benchmark's coin).
+        Returns (drafts kept [B]: the accepted prefix; the token after them [B],
+        the argmax at that row; the next round's inputs)."""
+        kept, next_token, before_last, by = advance(accepted, drafts, best, self.last, self.shift.by)
+        return kept, next_token, RoundInputs(next_token, before_last,
+                                             PositionShift(by, self.shift.most + drafts.shape[1]))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""The per-round bookkeeping of chained speculative rounds, one launch each on CUDA.
+
+A chained round shifts three forwards' staged inputs (`shift_inputs`) and
+decides its verdict and the next round's inputs (`advance`). As PyTorch ops
+they are ~10 and ~13 small kernels, launched between the round's passes:
+each costs a few microseconds of the device and more of the host. On CUDA
+(with Triton) each is one kernel, one program per sequence; elsewhere the
+PyTorch ops below run, and they are the reference the GPU tests check the
+kernels against. All values are integers, so both give the same results.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton is optional: CPU and DirectML installs do not have it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+if triton is not None:
+
+    # Sizes and strides are not specialised on, so `warm_up` compiles every variant.
+    @triton.jit(do_not_specialize=["pos_stride", "slot_stride", "table_stride", "query_len", "block_size"])
+    def _shift_kernel(positions_ptr, pos_stride, slots_ptr, slot_stride, seq_lens_ptr, tables_ptr, table_stride,
+                      by_ptr, query_len, block_size, BLOCK_Q: tl.constexpr):
+        seq = tl.program_id(0)
+        by = tl.load(by_ptr + seq)
+        cols = tl.arange(0, BLOCK_Q)
+        mask = cols < query_len
+        positions = tl.load(positions_ptr + seq * pos_stride + cols, mask=mask, other=0) + by
+        blocks = tl.load(tables_ptr + seq * table_stride + positions // block_size, mask=mask, other=0)
+        tl.store(positions_ptr + seq * pos_stride + cols, positions, mask=mask)
+        tl.store(slots_ptr + seq * slot_stride + cols, blocks.to(tl.int64) * block_size + positions % block_size,
+                 mask=mask)
+        seq_len = tl.load(seq_lens_ptr + seq)
+        tl.store(seq_lens_ptr + seq, seq_len + by.to(seq_len.dtype))
+
+    @triton.jit(do_not_specialize=["k"])
+    def _advance_kernel(accepted_ptr, drafts_ptr, best_ptr, last_ptr, by_ptr, kept_ptr, next_ptr, before_last_ptr,
+                        by_out_ptr, k, BLOCK_K: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_K)
+        accepted = tl.load(accepted_ptr + row * k + cols, mask=cols < k, other=0)
+        # Drafts kept: the index of the first rejected draft, or K.
+        kept = tl.min(tl.where(accepted != 0, k, cols), axis=0)
+        next_token = tl.load(best_ptr + row * (k + 1) + kept)
+        last_kept = tl.load(drafts_ptr + row * k + tl.maximum(kept - 1, 0))
+        before_last = tl.where(kept > 0, last_kept, tl.load(last_ptr + row))
+        tl.store(kept_ptr + row, kept.to(tl.int64))
+        tl.store(next_ptr + row, next_token)
+        tl.store(before_last_ptr + row, before_last)
+        tl.store(by_out_ptr + row, tl.load(by_ptr + row) + kept)
+
+
+def _fused(tensor: torch.Tensor) -> bool:
+    return triton is not None and tensor.is_cuda
+
+
+def shift_inputs(positions: torch.Tensor, seq_lens: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor,
+                 by: torch.Tensor, block_size: int) -> None:
+    """In place: positions and slots [n, q] (every token real; rows may be strided,
+    columns contiguous) move `by` [n] later, slots recomputed from the block
+    tables [n, width] (which cover the new positions), and seq_lens [n] grow by it."""
+    if _fused(positions):
+        num_seqs, query_len = positions.shape
+        _shift_kernel[(num_seqs,)](positions, positions.stride(0), slots, slots.stride(0), seq_lens, block_tables,
+                                   block_tables.stride(0), by, query_len, block_size,
+                                   BLOCK_Q=triton.next_power_of_2(query_len))
+        return
+    positions += by.unsqueeze(1)
+    seq_lens += by.to(seq_lens.dtype)
+    blocks = block_tables.gather(1, positions // block_size).to(torch.int64)
+    slots.copy_(blocks * block_size + positions % block_size)
+
+
+def advance(accepted: torch.Tensor, drafts: torch.Tensor, best: torch.Tensor, last: torch.Tensor,
+            by: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A greedy round's verdict and the next round's inputs, per request.
+
+    accepted [B, K] bool: each draft's test; drafts [B, K]; best [B, K + 1]: the
+    target's argmax at each verify row; last [B]: the token at the round's
+    start; by [B]: drafts kept by the rounds before. Returns (kept [B]: the
+    accepted prefix's length; next [B]: the argmax at row `kept`, the next
+    round's first token; before_last [B]: the token before it, the last kept
+    draft or `last`; by + kept)."""
+    if _fused(drafts):
+        batch, k = drafts.shape
+        kept, next_token, before_last, by_out = (torch.empty(batch, dtype=torch.int64, device=drafts.device)
+                                                 for _ in range(4))
+        _advance_kernel[(batch,)](accepted.contiguous(), drafts.contiguous(), best.contiguous(), last, by, kept,
+                                  next_token, before_last, by_out, k, BLOCK_K=triton.next_power_of_2(k))
+        return kept, next_token, before_last, by_out
+    kept = accepted.to(torch.int64).cumprod(dim=1).sum(dim=1)
+    next_token = best.gather(1, kept.unsqueeze(1)).squeeze(1)
+    last_kept = drafts.gather(1, (kept - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    return kept, next_token, torch.where(kept > 0, last_kept, last), by + kept
+
+
+def warm_up(device: torch.device, max_query_len: int) -> None:
+    """Compile both kernels for every span length up to max_query_len (1 + K_max)
+    now, rather than in the first chained rounds."""
+    if triton is None or device.type != "cuda":
+        return
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    table = torch.zeros((1, 1), dtype=torch.int32, device=device)
+    for query_len in range(1, max_query_len + 1):
+        positions = torch.zeros((1, query_len), dtype=torch.int64, device=device)
+        shift_inputs(positions, torch.zeros(1, dtype=torch.int32, device=device), positions.clone(), table, zero, 16)
+        if query_len > 1:  # K = query_len - 1 drafts
+            accepted = torch.ones((1, query_len - 1), dtype=torch.bool, device=device)
+            advance(accepted, positions[:, 1:].contiguous(), positions, zero, zero)
