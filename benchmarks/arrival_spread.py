@@ -28,7 +28,7 @@ NUM_REQUESTS, OUTPUT_LEN = 256, 256
 
 
 def step_kind(step: SchedulerOutput) -> str:
-    if any(not item.samples or item.num_new_tokens > 1 + item.num_spec_tokens for item in step.scheduled):
+    if step.scheduled and not step.only_decodes:
         return "prompt"
     k = step.spec_plan.k if step.spec_plan is not None else 0
     return f"K={k}" + (" multi-step" if any(item.num_steps > 1 for item in step.scheduled) else "")

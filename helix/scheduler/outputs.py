@@ -51,6 +51,13 @@ class SchedulerOutput:
     def num_batched_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
 
+    @property
+    def only_decodes(self) -> bool:
+        """Every request of the step decodes: it samples, and its span is its one
+        known token plus its drafts (no prompt chunk). False for an empty step."""
+        return bool(self.scheduled) and all(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens
+                                            for item in self.scheduled)
+
 
 @dataclass(frozen=True)
 class ModelOutput:

@@ -372,8 +372,7 @@ class Scheduler:
         that per token, and speculation per verify."""
         if self.speculation is None or output.spec_plan is None or output.swap_in or output.swap_out:
             return
-        if output.scheduled and all(item.samples and item.num_new_tokens == 1 + item.num_spec_tokens
-                                    for item in output.scheduled):
+        if output.only_decodes:
             positions = max(item.num_steps for item in output.scheduled)
             self.speculation.observe_step(output.spec_plan, seconds / positions)
 
