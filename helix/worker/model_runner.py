@@ -9,7 +9,9 @@ one target forward over every span (prompt chunks, decode tokens, and
 last-token-plus-drafts verification spans); then plain sampling for ordinary
 requests and rejection sampling for speculating ones. A multi-step (requests
 with `num_steps` > 1) then runs further decode forwards, each fed the tokens
-the one before chose, before anything is read back.
+the one before chose, before anything is read back; a multi-step of
+speculating requests chains speculative rounds instead (`_launch_rounds`,
+`spec_decode.rounds`).
 """
 
 from __future__ import annotations
