@@ -206,9 +206,9 @@ class Scheduler:
     def _chains_rounds(self, scheduled: list[ScheduledRequest]) -> bool:
         """Whether the step's speculative rounds can be chained on the device: a
         draft model proposes, the batch is at most max_chained_seqs, and every
-        request verifies the same K greedily,
-        with no logprobs and no logit edits (the device decides how many drafts
-        each round keeps, by the argmax of the raw logits)."""
+        request verifies the same K greedily, with no logprobs and no logit
+        edits (the device decides how many drafts each round keeps, by the
+        argmax of the raw logits)."""
         k, most = scheduled[0].num_spec_tokens, self.config.max_chained_seqs
         return self.has_draft_cache and k > 0 and (most is None or len(scheduled) <= most) and all(
             item.num_spec_tokens == k and item.num_new_tokens == 1 + k and item.samples
