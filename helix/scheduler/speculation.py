@@ -37,15 +37,20 @@ move the choice, and the line from K = 1 to a K_max whose first step stalled
 prices every K between high. Only steps where every request decodes are
 measured: a prompt chunk's cost says nothing about K.
 
-An estimate is the median of the last few periods of its K. Plain steps run
-scheduled ahead of one another, so each period is measured from the previous
-step's results: one read late makes that period long and the next one short,
-and an estimate that took any shorter period as it came would settle near the
-shortest, pricing plain decoding far below its cost.
-The median keeps the typical period (of an even count, the lower middle one:
-a K probed twice after a stall takes the probe's period); a period is counted
-as at most twice the estimate, so a first-use stall cannot rule a K out
-before probes outvote it.
+An estimate is the median of the means of neighbouring periods among the
+last few of its K. Plain steps run scheduled ahead of one another, so each
+period is measured from the previous step's results: one read late makes that
+period long and the next one short, by the same amount. With multi-steps
+that happens step after step (the host stages the next multi-step while the
+device still runs this one), so the periods alternate, long and short; the
+median of the periods alone would settle on either, and the short one prices
+plain decoding far below its cost. A pair of neighbours keeps their sum,
+which is the wall time they took, and the median of the pairs' means keeps
+the typical pair where a stall spoils two of them. With fewer than five
+periods (too few pairs to outvote a stall) the estimate is the median of the
+periods (of an even count, the lower middle one: a K probed twice after a
+stall takes the probe's period). A period is counted as at most twice the
+estimate, so a first-use stall cannot rule a K out before probes outvote it.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
@@ -58,6 +63,7 @@ import itertools
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from helix.scheduler.request import Request
 
@@ -72,11 +78,11 @@ _DECAY = 0.9           # per-verify decay of a request's acceptance counts
 # it from speculating for good.
 _FADE_PER_TOKEN = 0.96
 _GLOBAL_DECAY = 0.99   # decay of the engine-wide counts per verify, and per step without drafts
-# An estimate is the median of a K's last _WINDOW periods, each counted as at
-# most _MAX_RISE times the estimate before it (for a K not measured yet, its
-# price on the line): stalls (a kernel compiling, a collection pause) only ever
-# add time, so one must not rule a K out.
-_WINDOW = 5
+# An estimate is taken from a K's last _WINDOW periods (`_typical`), each
+# counted as at most _MAX_RISE times the estimate before it (for a K not
+# measured yet, its price on the line): stalls (a kernel compiling, a collection
+# pause) only ever add time, so one must not rule a K out.
+_WINDOW = 6
 _MAX_RISE = 2.0
 _FIRST_PROBE_INTERVAL = 16
 _MAX_PROBE_INTERVAL = 1024
@@ -255,7 +261,7 @@ class SpeculationPolicy:
         estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
         recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
         recent.append(seconds if estimate is None else min(seconds, _MAX_RISE * estimate))
-        state.periods[plan.k] = statistics.median_low(recent)
+        state.periods[plan.k] = _typical(recent)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
         """Estimated step seconds per K at this batch size (those measured so far)."""
@@ -264,6 +270,17 @@ class SpeculationPolicy:
     def estimates(self) -> dict[int, dict[int, float]]:
         """Estimated step seconds by batch-size class, then K (those measured so far)."""
         return {cls: dict(state.periods) for cls, state in sorted(self._classes.items())}
+
+
+def _typical(periods: Sequence[float]) -> float:
+    """A K's estimate from its recent periods, oldest first: the median (the
+    lower middle one) of the means of neighbouring periods, which keeps a long
+    period read late and the short one after it at their mean, and of four or
+    more pairs leaves out the two a stall is in; the median of the periods
+    themselves while there are fewer than five."""
+    if len(periods) < 5:
+        return statistics.median_low(periods)
+    return statistics.median_low([(first + second) / 2 for first, second in itertools.pairwise(periods)])
 
 
 def _prior_period(periods: dict[int, float], k: int, k_max: int) -> float | None:

@@ -276,6 +276,23 @@ def test_plain_periods_read_late_then_early_keep_their_typical_cost() -> None:
     assert chosen[-20:].count(4) >= 18
 
 
+def test_plain_periods_alternating_long_and_short_are_priced_at_their_mean() -> None:
+    """Plain multi-steps are read late step after step: the host stages the next
+    one while the device runs this one, so periods alternate 1.85 and 0.75 ms
+    per position around a real 1.3 (as measured on an H200). Either alone
+    misprices plain decoding; their mean is its cost, also with a stall among
+    them, and K = 4 (3.05 tokens per 2.6 ms) beats it."""
+    spec = policy()
+    for i in range(12):
+        spec.observe_step(StepPlan(1, 0), (1.85e-3, 0.75e-3)[i % 2])
+    assert spec.step_seconds(1)[0] == pytest.approx(1.3e-3)
+    spec.observe_step(StepPlan(1, 0), 0.5)
+    spec.observe_step(StepPlan(1, 0), 0.75e-3)
+    assert spec.step_seconds(1)[0] == pytest.approx(1.3e-3)
+    spec.observe_step(StepPlan(1, K_MAX), 2.6e-3)
+    assert spec.plan(batch(1)) > 0
+
+
 def test_one_period_at_its_cost_outvotes_a_stall() -> None:
     """A probe after plain steps has one measured step (the first catches the draft
     model up): that one period, not a mean with the stall, is K's estimate."""
