@@ -171,7 +171,7 @@ class ModelRunner:
                     TokenFeed(every, drafts[-1][:, d], every, offset=1 + d) for d in range(k)]
                 hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
             # Every span has 1 + K rows, end to end, graph or eager.
-            best = self.model.compute_logits(hidden[:num_seqs * (1 + k)]).argmax(dim=-1).view(num_seqs, 1 + k)
+            best = self.model.greedy_tokens(hidden[:num_seqs * (1 + k)]).view(num_seqs, 1 + k)
             accepted = self.accept.on_device(drafts[-1] == best[:, :-1])
             round_kept, next_token, inputs = inputs.advance(drafts[-1], best, accepted)
             kept.append(round_kept)

@@ -24,6 +24,7 @@ from helix.worker.attention import AttentionMetadata
 from helix.worker.attention.backend import AttentionBackend
 from helix.worker.kernels import torch_ops
 from helix.worker.kernels.backend import LayerKernels, select_layer_kernels
+from helix.worker.kernels.greedy import greedy_tokens
 from helix.worker.models.arch import ArchConfig
 from helix.worker.models.rope import RotaryEmbedding
 
@@ -160,6 +161,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
+
+    def greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n] the argmax token of each row of hidden [n, hidden_size]:
+        compute_logits(hidden).argmax(-1), read from the model's own logits."""
+        return greedy_tokens(self.lm_head(hidden))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors in; fail if any parameter is left unset."""

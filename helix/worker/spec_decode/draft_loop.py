@@ -4,9 +4,9 @@ After pass A has chosen each request's first draft, passes B feed draft d at
 position p + d (p = the request's token count - 1) and take the argmax of its
 logits as draft d + 1. Launched one by one, each pass costs the host far more
 than the small draft costs the GPU. `DraftLoopGraphs` captures D such passes
-back to back: forward, logits, argmax, and the next pass's inputs (the token,
-position + 1, its slot from the block table, sequence length + 1) computed
-on the device, so D passes cost one staging and one replay.
+back to back: forward, logits, then the argmax and the next pass's inputs
+(the token, position + 1, its slot from the block table, sequence length + 1)
+in one kernel (`loop_step`), so D passes cost one staging and one replay.
 
 Graphs exist per (batch bucket, D, split-KV factor), for buckets up to the
 verify limit and D up to K - 1. The split factor is pinned per graph and
@@ -30,6 +30,7 @@ import torch
 from helix.worker.attention.metadata import AttentionMetadata
 from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, collection_paused, fill_block_tables
 from helix.worker.models import LlamaForCausalLM
+from helix.worker.spec_decode import loop_step
 from helix.worker.token_feed import PositionShift
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class DraftLoopGraphs:
 
     def _passes(self, bucket: int, depth: int, splits: int) -> None:
         """`depth` greedy passes over the static inputs (what a graph holds)."""
-        block_size, width = self.block_size, self._block_tables.shape[1]
+        block_size = self.block_size
         positions, slots, seq_lens = self._positions[:bucket], self._slots[:bucket], self._seq_lens[:bucket]
         live, tables, ids = self._live[:bucket], self._block_tables[:bucket], self._ids[:bucket]
         meta = AttentionMetadata(
@@ -99,16 +100,8 @@ class DraftLoopGraphs:
             query_start_loc_host=tuple(range(bucket + 1)), block_size=block_size, num_splits=splits)
         for d in range(depth):
             hidden = self.model(ids, self.kv_cache, meta)  # [bucket, hidden]
-            chosen = self.model.compute_logits(hidden).argmax(dim=-1)  # [bucket]
-            self._drafts[:bucket, d].copy_(chosen)
-            if d + 1 == depth:
-                break
-            ids.copy_(chosen)
-            positions.add_(live)
-            seq_lens.add_(live.to(torch.int32))
-            block = (positions // block_size).clamp(max=width - 1).unsqueeze(1)
-            slot = tables.gather(1, block).squeeze(1).to(torch.int64) * block_size + positions % block_size
-            slots.copy_(torch.where(live.bool(), slot, -1))
+            loop_step.step(self.model.lm_head(hidden), self._drafts[:bucket], d, ids, positions, seq_lens, slots,
+                           live, tables, block_size, advance=d + 1 < depth)
 
     # -- replay ----------------------------------------------------------------------
     def run(self, first_tokens: torch.Tensor, positions: Sequence[int], tables: Sequence[Sequence[int]],

@@ -25,6 +25,7 @@ from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.device import to_device
+from helix.worker.kernels import greedy
 from helix.worker.sampler import SamplingRow, choose, transform_logits
 from helix.worker.spec_decode import round_kernels
 from helix.worker.spec_decode.draft_loop import DraftLoopGraphs
@@ -54,6 +55,7 @@ class DraftModelProposer:
             self.loop.capture()
         if self.graphs is not None:  # chained rounds run where graphs do
             round_kernels.warm_up(device, self.graphs.max_query_len)
+            greedy.warm_up(model.arch.vocab_size, dtype, device)  # the target's logits: the same vocabulary
 
     def swap(self, pairs: list[tuple[int, int]], to_cpu: bool) -> None:
         self.cache.swap(pairs, to_cpu)
@@ -107,7 +109,7 @@ class DraftModelProposer:
         spans = [SequenceSpan(item.block_table, position - 1, 2) for item, position in zip(scheduled, positions)]
         feeds = (TokenFeed(every, inputs.before_last, every), TokenFeed(every, inputs.last, every, offset=1))
         hidden, last_rows = self._forward(spans, [0] * 2 * num_seqs, feeds, inputs.shift)
-        drafts = [self.model.compute_logits(hidden[last_rows]).argmax(dim=-1)]  # each [B]
+        drafts = [self.model.greedy_tokens(hidden[last_rows])]  # each [B]
         if k > 1 and self.loop is not None and self.loop.covers(num_seqs, k - 1):
             tables = [item.block_table for item in scheduled]
             more = self.loop.run(drafts[0], [position + 1 for position in positions], tables, k - 1, inputs.shift)
@@ -117,7 +119,7 @@ class DraftModelProposer:
                      for item, position in zip(scheduled, positions)]
             hidden, last_rows = self._forward(spans, [0] * num_seqs, (TokenFeed(every, drafts[-1], every),),
                                               inputs.shift)
-            drafts.append(self.model.compute_logits(hidden[last_rows]).argmax(dim=-1))
+            drafts.append(self.model.greedy_tokens(hidden[last_rows]))
         return torch.stack(drafts, dim=1)
 
     def _loop_covers(self, speculating: list[ScheduledRequest], depth: int) -> bool:
