@@ -124,7 +124,9 @@ class Scheduler:
             return False
         if any(item.num_spec_tokens for item in in_flight.scheduled):
             return True
-        decoding = self._decoding(self.running)  # the plan does not depend on their order
+        # Who decodes once it completes, a request whose prompt it finishes included
+        # (the plan does not depend on their order).
+        decoding = self._decoding(self.running, _InFlight.of(in_flight))
         return (self.speculation.plan(decoding) > 0
                 or any(request.params.seed is not None and limit > 0 for request, limit in decoding))
 
@@ -247,13 +249,19 @@ class Scheduler:
         return replace(plan, steady=all(item.request.num_tokens - item.request.num_draft_computed_tokens <= 2
                                         for item in scheduled if item.num_spec_tokens))
 
-    def _decoding(self, queue: list[Request]) -> Decoding:
+    def _decoding(self, queue: list[Request], ahead: _InFlight | None = None) -> Decoding:
         """The requests of `queue` with exactly one token to compute (those that
         can speculate), each with the most drafts it may take: never slots for
-        drafts that max_tokens or max_model_len would cut off."""
-        return [(request, min(request.max_tokens - len(request.output_token_ids) - 1,
-                              self.config.max_model_len - request.num_tokens))
-                for request in queue if request.num_tokens - request.num_computed_tokens == 1]
+        drafts that max_tokens or max_model_len would cut off. `ahead`: counted
+        as after that step in flight."""
+        decoding = []
+        for request in queue:
+            computed, known = ahead.progress(request) if ahead is not None else (
+                request.num_computed_tokens, request.num_tokens)
+            if known - computed == 1:
+                num_output = len(request.output_token_ids) + known - request.num_tokens
+                decoding.append((request, min(request.max_tokens - num_output - 1, self.config.max_model_len - known)))
+        return decoding
 
     def _schedule_swapped(self, scheduled: list[ScheduledRequest], swap_in: list[tuple[int, int]],
                           budget: int) -> int:

@@ -246,6 +246,24 @@ def test_a_multi_step_is_measured_per_position(tiny_model_dirs: dict[str, Path])
     assert scheduler.speculation.step_seconds(1) == {0: pytest.approx(1e-3)}
 
 
+@pytest.mark.parametrize("k_max_ms,speculates", [(2.6, True), (20.0, False)])
+def test_the_step_after_a_prompt_speculates_where_the_policy_would(tiny_model_dirs: dict[str, Path],
+                                                                     k_max_ms: float, speculates: bool) -> None:
+    """The step that finishes a prompt makes its request a decoding one. Where the
+    policy would give it drafts, the next step waits for that step's token and
+    speculates, rather than run plain decoding scheduled ahead of it; where
+    plain decoding is cheaper, it is scheduled ahead as before."""
+    model = str(tiny_model_dirs["llama"])
+    scheduler = LLM(model, draft_model=model, num_kv_blocks=64, block_size=4).engine.scheduler
+    spec = scheduler.speculation
+    spec.observe_step(StepPlan(1, 0), 1.3e-3)
+    spec.observe_step(StepPlan(1, spec.config.num_speculative_tokens), k_max_ms / 1e3)
+    scheduler.add_request(Request("x", [5, 6, 7, 8, 9], SamplingParams(max_tokens=32), eos_token_ids=frozenset()))
+    prefill = scheduler.schedule()
+    assert prefill.scheduled[0].samples  # the whole prompt: its first token comes back with this step
+    assert scheduler.can_schedule_ahead(prefill) is not speculates
+
+
 def test_a_step_with_a_prompt_chunk_is_not_measured(tiny_model_dirs: dict[str, Path]) -> None:
     """A prompt chunk's cost is not K's: the step it rides in says nothing about K."""
     model = str(tiny_model_dirs["llama"])
