@@ -160,3 +160,23 @@ def test_steps_without_drafts_are_scheduled_ahead(tiny_model_dirs: dict[str, Pat
     assert ahead[0] > 0
     assert llm.stats()["spec_draft_tokens"] > 0
     assert_drained(llm)
+
+
+def test_a_lone_request_speculates_from_its_first_decode_step(tiny_model_dirs: dict[str, Path],
+                                                              greedy_prompts: list[list[int]],
+                                                              greedy_expected: list[list[int]]) -> None:
+    """Where adaptive speculation measures drafting faster, the step after a
+    prompt waits for the prompt's token and drafts, as every later step does:
+    none is scheduled ahead, not even that one."""
+    llm = LLM(str(tiny_model_dirs["llama"]), draft_model=str(tiny_model_dirs["llama"]), num_kv_blocks=256,
+              block_size=4, async_scheduling=True, check_invariants=True)
+    speculation = llm.engine.scheduler.speculation
+    k_max = speculation.config.num_speculative_tokens
+    for k in range(k_max + 1):
+        speculation.observe_step(StepPlan(1, k), 1e-3 if k == k_max else 1e3)
+    ahead = count_ahead_schedules(llm)
+    params = SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]), ignore_eos=True)
+    outputs = llm.generate(greedy_prompts[:1], params, use_tqdm=False)
+    assert outputs[0].outputs[0].token_ids == greedy_expected[0]
+    assert ahead[0] == 0
+    assert_drained(llm)
