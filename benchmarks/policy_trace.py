@@ -24,7 +24,6 @@ from typing import Any, Sequence
 from benchmarks.suite import helix_offline
 from helix import LLM, SamplingParams
 from helix.scheduler.speculation import Decoding, StepPlan
-from helix.worker.models.presets import PRESETS
 
 
 def trace(llm: LLM, prompt: list[int], new_tokens: int, generations: int,
@@ -108,7 +107,7 @@ def main() -> None:
         draft_model=args.draft, num_speculative_tokens=args.num_speculative_tokens, speculation_mode="adaptive",
         spec_synthetic_acceptance=args.acceptance, num_scheduler_steps=args.num_scheduler_steps, **capacity))
     prompt = [(13 * j + 5) % 30000 + 1 for j in range(128)]  # the suite's decode prompt
-    burst = helix_offline.throughput_requests(args.burst, 128, 512, PRESETS[args.target]["vocab_size"], seed=1)
+    burst = helix_offline.throughput_requests(args.burst, 128, 512, llm.engine.arch.vocab_size, seed=1)
     events = trace(llm, prompt, args.new_tokens, args.generations, burst)
     print(summary(events))
     if args.out is not None:
