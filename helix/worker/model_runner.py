@@ -127,6 +127,7 @@ class ModelRunner:
         if step.scheduled[0].num_spec_tokens and step.scheduled[0].num_steps > 1:
             return self._launch_rounds(step.scheduled)
         proposals = Proposals() if self.proposer is None else self.proposer.propose(step.scheduled, self._row_for)
+        proposals.start_reading()  # `finish` reads them; chained rounds keep theirs on the device
         hidden, rows = self._forward(step.scheduled, proposals)
         prompt_logprobs = self._start_prompt_logprobs(step.scheduled, hidden, rows)
         sampling = self._start_sampling(step.scheduled, rows, hidden, proposals)

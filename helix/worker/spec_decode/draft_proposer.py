@@ -93,7 +93,6 @@ class DraftModelProposer:
             proposals.by_request[request_id] = Proposal([], torch.stack(q) if q else None)
             # Drafts 1..K-1 were fed back; the K-th exists only as a token.
             proposals.draft_computed[request_id] = item.request.num_tokens + item.num_spec_tokens - 1
-        proposals.start_reading()
         return proposals
 
     @torch.inference_mode()

@@ -39,8 +39,10 @@ class Proposals:
     _copy: HostCopy | None = None
 
     def start_reading(self) -> None:
-        """Queue the device drafts' copy to the host (after the passes that choose them)."""
-        self._copy = HostCopy([rows.token_ids for rows in self.on_device])
+        """Queue the device drafts' copy to the host (after the passes that choose
+        them), for `read_drafts`; nothing to copy without device drafts."""
+        if self.on_device:
+            self._copy = HostCopy([rows.token_ids for rows in self.on_device])
 
     def tested_tokens(self, request_ids: Sequence[str], counts: Sequence[int], device: torch.device) -> torch.Tensor:
         """[sum(counts)] on the device: for each request's verify rows (counts[i] =

@@ -25,7 +25,6 @@ import torch
 from helix.worker.sampler import draw_rows
 
 
-
 class Acceptance(Protocol):
     """Decides which drafts a verify keeps: on the host from each row's test and
     stopping token (`__call__`), or on the device for greedy rounds chained
@@ -85,4 +84,3 @@ def emitted_tokens(draft_tokens: list[int], accepted: list[bool], stopping: list
         if not accepted[i]:
             return draft_tokens[:i] + [stopping[i]]
     return draft_tokens + [stopping[len(draft_tokens)]]
-
