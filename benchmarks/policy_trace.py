@@ -32,8 +32,8 @@ def trace(llm: LLM, prompt: list[int], new_tokens: int, generations: int,
     every `burst` prompt at once if any, and return the policy's events:
     {"event": "phase", "name"} where each part starts ("burst", "single");
     {"event": "decide", "k", "batch", "estimates_ms"} for each step with
-    decoding requests; {"event": "observe", "k", "batch", "steady", "ms"} for
-    each period."""
+    decoding requests; {"event": "observe", "k", "batch", "steady", "probe",
+    "ms" (per position or round), "positions"} for each period."""
     policy = llm.engine.scheduler.speculation
     events: list[dict[str, Any]] = []
     choose, observe_step = policy.choose, policy.observe_step
@@ -45,10 +45,11 @@ def trace(llm: LLM, prompt: list[int], new_tokens: int, generations: int,
                            "estimates_ms": _estimates_ms(policy)})
         return choices, plan
 
-    def observing(plan: StepPlan, seconds: float) -> None:
+    def observing(plan: StepPlan, seconds: float, positions: int = 1) -> None:
         events.append({"event": "observe", "k": plan.k, "batch": plan.num_decoding, "steady": plan.steady,
-                       "ms": round(seconds * 1e3, 4)})
-        observe_step(plan, seconds)
+                       "probe": plan.probe_loss > 0, "ms": round(seconds / positions * 1e3, 4),
+                       "positions": positions})
+        observe_step(plan, seconds, positions)
 
     policy.choose, policy.observe_step = deciding, observing
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
@@ -84,7 +85,8 @@ def summary(events: list[dict[str, Any]]) -> str:
             lines.append(f"decide K={event['k']} batch {event['batch']}")
         else:
             lines.append(f"  observe K={event['k']} batch {event['batch']} "
-                         f"{'steady' if event['steady'] else 'unsteady'} {event['ms']} ms")
+                         f"{'steady' if event['steady'] else 'unsteady'}{' probe' if event['probe'] else ''} "
+                         f"{event['positions']} x {event['ms']} ms")
     return "\n".join(lines)
 
 

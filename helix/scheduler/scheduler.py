@@ -382,7 +382,7 @@ class Scheduler:
             return
         if output.only_decodes:
             positions = max(item.num_steps for item in output.scheduled)
-            self.speculation.observe_step(output.spec_plan, seconds / positions)
+            self.speculation.observe_step(output.spec_plan, seconds, positions)
 
     def _observe_speculation(self, request: Request, verifies: list[tuple[int, int]], emitted: int) -> None:
         if self.speculation is None:

@@ -30,7 +30,12 @@ interval two steps try a K next to the best one (one more, one fewer), plain
 decoding or K_max, in turn (the first step of a K after steps without drafts
 also catches the draft model up, and is not measured); the interval doubles
 each time a probe leaves the best K unchanged, so a wrong or stale estimate
-recovers while a settled choice costs little. K_max is among the probes
+recovers while a settled choice costs little. Probes are also paced by what
+they cost: the time a probe's steps are expected to lose against the best K
+must stay under _PROBE_SHARE of the class's step time. Near the best K a probe
+loses little and this never delays it; at large batches, where a speculative
+round can cost ten plain positions, it spaces probes by seconds of plain
+decoding rather than by a count of steps. K_max is among the probes
 because neighbours alone can leave a stale K_max unmeasured for good: when
 one draft costs as much as it gains, probes next to plain decoding never
 move the choice, and the line from K = 1 to a K_max whose first step stalled
@@ -86,6 +91,8 @@ _WINDOW = 6
 _MAX_RISE = 2.0
 _FIRST_PROBE_INTERVAL = 16
 _MAX_PROBE_INTERVAL = 1024
+# The most of a class's step time that probes may lose against its best K.
+_PROBE_SHARE = 0.03
 # Speculation must promise this much more than plain decoding. A speculative step
 # cannot have the next step scheduled ahead of it, and the step after it pays
 # for restarting that overlap in its own period; the margin covers that, and
@@ -130,6 +137,10 @@ class _ClassState:
     probes: int = 0        # probes since the best K last moved
     probe_up: bool = True  # the direction it last moved
     repeat: int | None = None  # a probe's K, for its second step
+    # Seconds of this class's steps to run before the next probe: each probe step
+    # adds the time it is expected to lose / _PROBE_SHARE, every other step pays
+    # its own time off.
+    probe_wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,14 @@ class StepPlan:
     """The K a step's decoding requests were given, and how many there were.
     `steady`: no speculating request had a draft model far behind it, so the
     step's period is what the K costs step after step (a first step after
-    steps without drafts also catches the draft model up)."""
+    steps without drafts also catches the draft model up). `probe_loss`: the
+    share of its time a probe is expected to lose against the best K, by the
+    estimates when it was chosen (0 for any other step)."""
 
     num_decoding: int
     k: int
     steady: bool = True
+    probe_loss: float = 0.0
 
 
 # (request, the most drafts it may take: max_tokens and max_model_len leave room for no more)
@@ -168,7 +182,7 @@ class SpeculationPolicy:
 
     def choose(self, decoding: Decoding) -> tuple[dict[Request, int], StepPlan]:
         """K per decoding request for this step, counting the decision."""
-        k, best = self._plan(decoding)
+        k, best, loss = self._plan(decoding)
         if self.config.mode == "adaptive" and decoding:
             self._count_decision(self._classes.setdefault(batch_class(len(decoding)), _ClassState()), k, best)
             if k == 0:  # no verify will update the engine-wide counts: they age as one would
@@ -177,31 +191,34 @@ class SpeculationPolicy:
         k_max = self.config.num_speculative_tokens
         choices = {request: max(0, min(k_max if request.params.seed is not None else k, limit))
                    for request, limit in decoding}
-        return choices, StepPlan(len(decoding), k)
+        return choices, StepPlan(len(decoding), k, probe_loss=loss)
 
-    def _plan(self, decoding: Decoding) -> tuple[int, int]:
-        """(K for this step, the K with the best measured rate)."""
+    def _plan(self, decoding: Decoding) -> tuple[int, int, float]:
+        """(K for this step, the K with the best measured rate, the share of the
+        step's time that K is expected to lose against the best one)."""
         k_max = self.config.num_speculative_tokens
         if self.config.mode == "fixed":
-            return k_max, k_max
+            return k_max, k_max, 0.0
         if not decoding:
-            return 0, 0
+            return 0, 0, 0.0
         state = self._classes.get(batch_class(len(decoding)), _ClassState())
         for anchor in (0, k_max):
             if anchor not in state.periods:
-                return anchor, anchor
+                return anchor, anchor, 0.0
         tokens = self._expected_batch_tokens(decoding)
         rates = [tokens[k] / _period(state.periods, k) / (_SPECULATION_MARGIN if k else 1.0)
                  for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
         if state.repeat is not None:
-            return state.repeat, best
-        if state.decisions + 1 < state.next_probe:
-            return best, best
-        near = (best + 1, best - 1) if state.probe_up else (best - 1, best + 1)
-        order = (*near, 0, k_max)
-        candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
-        return candidates[state.probes % len(candidates)], best
+            k = state.repeat
+        elif state.decisions + 1 < state.next_probe or state.probe_wait > 0:
+            return best, best, 0.0
+        else:
+            near = (best + 1, best - 1) if state.probe_up else (best - 1, best + 1)
+            order = (*near, 0, k_max)
+            candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
+            k = candidates[state.probes % len(candidates)]
+        return k, best, 1.0 - rates[k] / rates[best]
 
     def _expected_batch_tokens(self, decoding: Decoding) -> list[float]:
         """[K]: sum over the requests of E(a_i, min(K, limit_i)), for K in [0, K_max].
@@ -253,14 +270,22 @@ class SpeculationPolicy:
         request.spec_accepted_ema *= factor
         request.spec_trials_ema *= factor
 
-    def observe_step(self, plan: StepPlan, seconds: float) -> None:
-        """Fold in the wall period of a step that ran `plan`."""
-        if self.config.mode != "adaptive" or plan.num_decoding <= 0 or not plan.steady or seconds <= 0:
+    def observe_step(self, plan: StepPlan, seconds: float, positions: int = 1) -> None:
+        """Fold in the wall period of a step that ran `plan` over `positions`
+        positions (plain decoding) or rounds (speculation)."""
+        if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
             return
         state = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState())
+        if plan.probe_loss > 0:
+            state.probe_wait += seconds * plan.probe_loss / _PROBE_SHARE
+        else:
+            state.probe_wait = max(0.0, state.probe_wait - seconds)
+        if not plan.steady:
+            return
         estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
+        period = seconds / positions
         recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
-        recent.append(seconds if estimate is None else min(seconds, _MAX_RISE * estimate))
+        recent.append(period if estimate is None else min(period, _MAX_RISE * estimate))
         state.periods[plan.k] = _typical(recent)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:

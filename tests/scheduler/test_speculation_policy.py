@@ -76,17 +76,47 @@ def test_plain_decoding_where_it_measures_faster_and_speculation_where_it_pays()
     assert batch_class(200) != batch_class(1)
 
 
-def test_probes_of_a_settled_choice_grow_sparse() -> None:
-    """A probe runs two steps (the first may only catch the draft model up), and
-    the wait before the next one doubles while plain decoding stays best."""
-    spec = policy()
-    chosen = run(spec, batch(64), 3000, cost=lambda k: 10.0 * (1 + k))
+def probe_starts(chosen: list[int]) -> list[int]:
+    """Where probes of a K > 0 start, after the first two (anchor) steps, checking
+    that each runs two steps."""
     probed = [i for i, k in enumerate(chosen) if i > 1 and k != 0]
     starts = [i for i in probed if i - 1 not in probed]
     assert probed == sorted(starts + [i + 1 for i in starts])
+    return starts
+
+
+def test_probes_of_a_settled_choice_grow_sparse() -> None:
+    """A probe runs two steps (the first may only catch the draft model up), and
+    the wait before the next one at least doubles while plain decoding stays best."""
+    spec = policy()
+    starts = probe_starts(run(spec, batch(64), 3000, cost=lambda k: 10.0 * (1 + k)))
     assert starts and len(starts) <= 8
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert gaps == sorted(gaps) and gaps[-1] >= 512
+    assert all(gap >= 32 * 2 ** i for i, gap in enumerate(gaps)) and gaps[-1] >= 512
+
+
+def test_costly_probes_are_spaced_by_the_time_they_lose() -> None:
+    """Where a speculative step costs as much as 100 plain steps (a large batch run
+    eagerly), probes spaced by a count of steps alone would take most of the
+    time. What they are expected to lose stays within a few percent of it."""
+    spec = policy()
+
+    def cost(k: int) -> float:
+        return 1.0 if k == 0 else 100.0
+
+    chosen = run(spec, batch(64), 12000, cost=cost)
+    starts = probe_starts(chosen)
+    plain_rate = 1.0 / cost(0)  # tokens per ms per request
+
+    def lost(k: int) -> float:  # the time a step of K takes beyond what plain decoding would take for its tokens
+        return cost(k) - expected_tokens(0.75, k) / plain_rate
+
+    probe_loss = sum(lost(chosen[i]) + lost(chosen[i + 1]) for i in starts)
+    total = sum(cost(k) for k in chosen)
+    first_probe = 2 * lost(chosen[starts[0]])  # before any probe has cost anything
+    assert len(starts) >= 2
+    assert probe_loss - first_probe <= 0.04 * total
+    assert all(k == 0 for i, k in enumerate(chosen[2:], 2) if not any(s <= i <= s + 1 for s in starts))
 
 
 def test_a_stall_does_not_rule_a_k_out() -> None:
