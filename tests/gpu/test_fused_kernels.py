@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from helix.worker.attention import SequenceSpan, build_attention_metadata
+from helix.worker.attention import torch_attention as attention_reference
 from helix.worker.attention.backend import select_attention_backend
 from helix.worker.kernels import torch_ops as reference
 from helix.worker.kernels import triton_ops as fused
@@ -162,6 +163,37 @@ def test_rotary_embedding(num_tokens: int, head_dim: int, ratio: int, dtype: tor
     _check(f"rotary_q[{name}]", q_out, q_ref, exact=True, seed=seed)
     _check(f"rotary_k[{name}]", k_out, k_ref, exact=True, seed=seed)
     assert torch.equal(qkv, qkv_before), "inputs were written"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ratio", GQA_RATIOS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("num_tokens", TOKENS)
+def test_rotary_embedding_and_write_kv(num_tokens: int, head_dim: int, ratio: int, dtype: torch.dtype) -> None:
+    """One launch gives the reference's rotated q and cache, bit for bit: the
+    rotated k and v at each token's slot, nothing for slot -1, every other
+    entry of the cache untouched."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    num_kv_heads, block_size, num_blocks = NUM_HEADS // ratio, 16, 80
+    widths = (NUM_HEADS * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim)
+    qkv = _randn((num_tokens, sum(widths)), dtype, gen, scale=2.0)
+    q, k, v = (part.view(num_tokens, -1, head_dim) for part in qkv.split(widths, dim=-1))
+    positions = torch.randint(0, MAX_POSITIONS, (num_tokens,), generator=gen).to(DEVICE)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[1::3] = -1  # graph padding: written nowhere
+    slots = slots.to(DEVICE)
+    rotary = RotaryEmbedding(RopeConfig(theta=10000.0), head_dim, MAX_POSITIONS, dtype, reference).to(DEVICE)
+    cache = _randn((2, num_blocks, block_size, num_kv_heads, head_dim), dtype, gen, scale=1.0)
+    expected = cache.clone()
+    q_ref, k_ref = reference.rotary_embedding(positions, q, k, rotary.cos, rotary.sin)
+    real = slots >= 0
+    attention_reference.write_kv(k_ref[real], v[real], expected, slots[real])
+    q_out = fused.rotary_embedding_and_write_kv(positions, q, k, v, rotary.cos, rotary.sin, cache, slots,
+                                                attention_reference.write_kv)
+    name = f"{num_tokens}x{NUM_HEADS}/{num_kv_heads}x{head_dim}"
+    _check(f"rotary_write_q[{name}]", q_out, q_ref, exact=True, seed=seed)
+    _check(f"rotary_write_cache[{name}]", cache, expected, exact=True, seed=seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,8 +12,9 @@ from helix.worker.kernels import torch_ops
 
 @dataclass(frozen=True)
 class LayerKernels:
-    """A module exposing `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`
-    and `silu_and_mul` with the `torch_ops` signatures."""
+    """A module exposing `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`,
+    `rotary_embedding_and_write_kv` and `silu_and_mul` with the `torch_ops`
+    signatures."""
 
     name: str
     impl: ModuleType

@@ -1,15 +1,22 @@
 """The decoder layer's elementwise ops in plain PyTorch: the CPU/DirectML path
 and the oracle for `triton_ops`.
 
-Every function is pure (returns new tensors, never writes its inputs) and
-computes in the inputs' dtype exactly as the model always has: norms in fp32,
-cast back, then scaled in the model dtype (as transformers does).
+Every function is pure (returns new tensors, never writes its inputs), but
+for `rotary_embedding_and_write_kv`, which stores into the KV cache it is
+given. Each computes in the inputs' dtype exactly as the model always has:
+norms in fp32, cast back, then scaled in the model dtype (as transformers
+does).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
+
+# An attention backend's `write_kv(key, value, kv_cache, slot_mapping)`.
+WriteKV = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -37,6 +44,17 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     cos = cos[positions].unsqueeze(1)
     sin = sin[positions].unsqueeze(1)
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def rotary_embedding_and_write_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor,
+                                  slot_mapping: torch.Tensor, write_kv: WriteKV) -> torch.Tensor:
+    """RoPE of q and k (as `rotary_embedding`), then the rotated k and v [T, Hkv, D]
+    stored at their slots by `write_kv` (the attention backend's). Returns the
+    rotated q."""
+    q, k = rotary_embedding(positions, q, k, cos, sin)
+    write_kv(k, v, kv_cache, slot_mapping)
+    return q
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The decoder layer's elementwise ops as Triton kernels: the CUDA path behind
 the same interface as `torch_ops` (`rms_norm`, `fused_add_rms_norm`,
-`rotary_embedding`, `silu_and_mul`).
+`rotary_embedding`, `rotary_embedding_and_write_kv`, `silu_and_mul`).
 
 Kernels (one launch per call)
 -----------------------------
@@ -10,6 +10,9 @@ Kernels (one launch per call)
   `x + residual` (the fused add + norm of every norm after the first).
 * `_rotary_kernel`: one program per token rotates all query and key heads,
   reading the token's cos/sin rows once.
+* `_rotary_cache_kernel` (what the model runs): the same for q, and the
+  rotated k with v stored straight into the paged KV cache at the token's
+  slot, so a layer launches no separate K/V write.
 * `_silu_and_mul_kernel`: programs over (token, column tile) of the
   intermediate size.
 
@@ -38,6 +41,8 @@ model); q and k may be strided views (the split of the fused QKV output).
 from __future__ import annotations
 
 import torch
+
+from helix.worker.kernels.torch_ops import WriteKV
 
 try:  # Triton is optional: CPU and DirectML installs do not have it.
     import triton
@@ -77,9 +82,10 @@ if AVAILABLE:
         tl.store(out_ptr + row + cols, (weight * normed).to(dtype), mask=mask)
 
     @triton.jit
-    def _rotate_heads(src_ptr, stride_h, stride_d, dst_ptr, num_heads, cos1, cos2, sin1, sin2,
-                      HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-        """Rotate one token's heads: src [num_heads, 2*HALF] (strided) -> dst (contiguous).
+    def _rotate_heads(src_ptr, stride_h, stride_d, dst_ptr, dst_stride_h, num_heads, cos1, cos2, sin1, sin2,
+                      write, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+        """Rotate one token's heads: src [num_heads, 2*HALF] (strided) -> dst
+        (heads dst_stride_h apart, dims contiguous); nothing is stored unless `write`.
 
         out[:HALF] = x1*cos1 + (-x2)*sin1, out[HALF:] = x2*cos2 + x1*sin2, each
         product and the sum rounded as the reference rounds them."""
@@ -92,17 +98,14 @@ if AVAILABLE:
         dtype = dst_ptr.dtype.element_ty
         out1 = _round(x1 * cos1, dtype) - _round(x2 * sin1, dtype)
         out2 = _round(x2 * cos2, dtype) + _round(x1 * sin2, dtype)
-        dst = dst_ptr + heads * (2 * HALF) + dims
-        tl.store(dst, out1.to(dtype), mask=mask)
-        tl.store(dst + HALF, out2.to(dtype), mask=mask)
+        dst = dst_ptr + heads * dst_stride_h + dims
+        tl.store(dst, out1.to(dtype), mask=mask & write)
+        tl.store(dst + HALF, out2.to(dtype), mask=mask & write)
 
     @triton.jit
-    def _rotary_kernel(positions_ptr, cos_ptr, sin_ptr, trig_stride,
-                       q_ptr, q_stride_t, q_stride_h, q_stride_d, q_out_ptr, num_q_heads,
-                       k_ptr, k_stride_t, k_stride_h, k_stride_d, k_out_ptr, num_k_heads,
-                       HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr,
-                       BLOCK_KH: tl.constexpr):
-        token = tl.program_id(0).to(tl.int64)
+    def _trig_rows(positions_ptr, token, cos_ptr, sin_ptr, trig_stride, HALF: tl.constexpr,
+                   BLOCK_HALF: tl.constexpr):
+        """The token's cos and sin halves, fp32 [1, BLOCK_HALF] each."""
         position = tl.load(positions_ptr + token).to(tl.int64)
         dims = tl.arange(0, BLOCK_HALF)
         dim_mask = dims < HALF
@@ -112,10 +115,48 @@ if AVAILABLE:
         cos2 = tl.load(cos_row + HALF, mask=dim_mask, other=0.0).to(tl.float32)[None, :]
         sin1 = tl.load(sin_row, mask=dim_mask, other=0.0).to(tl.float32)[None, :]
         sin2 = tl.load(sin_row + HALF, mask=dim_mask, other=0.0).to(tl.float32)[None, :]
+        return cos1, cos2, sin1, sin2
+
+    @triton.jit
+    def _rotary_kernel(positions_ptr, cos_ptr, sin_ptr, trig_stride,
+                       q_ptr, q_stride_t, q_stride_h, q_stride_d, q_out_ptr, num_q_heads,
+                       k_ptr, k_stride_t, k_stride_h, k_stride_d, k_out_ptr, num_k_heads,
+                       HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr,
+                       BLOCK_KH: tl.constexpr):
+        token = tl.program_id(0).to(tl.int64)
+        cos1, cos2, sin1, sin2 = _trig_rows(positions_ptr, token, cos_ptr, sin_ptr, trig_stride, HALF, BLOCK_HALF)
         _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_stride_d, q_out_ptr + token * num_q_heads * 2 * HALF,
-                      num_q_heads, cos1, cos2, sin1, sin2, HALF, BLOCK_HALF, BLOCK_QH)
+                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_QH)
         _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_stride_d, k_out_ptr + token * num_k_heads * 2 * HALF,
-                      num_k_heads, cos1, cos2, sin1, sin2, HALF, BLOCK_HALF, BLOCK_KH)
+                      2 * HALF, num_k_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_KH)
+
+    @triton.jit
+    def _rotary_cache_kernel(positions_ptr, cos_ptr, sin_ptr, trig_stride,
+                             q_ptr, q_stride_t, q_stride_h, q_stride_d, q_out_ptr, num_q_heads,
+                             k_ptr, k_stride_t, k_stride_h, k_stride_d, v_ptr, v_stride_t, v_stride_h,
+                             num_k_heads, cache_ptr, slot_ptr, stride_c_kv, stride_c_blk, stride_c_tok,
+                             stride_c_head, BLOCK_SIZE: tl.constexpr, HALF: tl.constexpr,
+                             BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """`_rotary_kernel` for q, then the rotated k and v of the token straight
+        into the paged cache at its slot (none for slot < 0)."""
+        token = tl.program_id(0).to(tl.int64)
+        cos1, cos2, sin1, sin2 = _trig_rows(positions_ptr, token, cos_ptr, sin_ptr, trig_stride, HALF, BLOCK_HALF)
+        _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_stride_d, q_out_ptr + token * num_q_heads * 2 * HALF,
+                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_QH)
+        slot = tl.load(slot_ptr + token).to(tl.int64)
+        write = slot >= 0
+        at = tl.maximum(slot, 0)
+        key_dst = cache_ptr + (at // BLOCK_SIZE) * stride_c_blk + (at % BLOCK_SIZE) * stride_c_tok
+        _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_stride_d, key_dst, stride_c_head, num_k_heads,
+                      cos1, cos2, sin1, sin2, write, HALF, BLOCK_HALF, BLOCK_KH)
+        heads = tl.arange(0, BLOCK_KH)[:, None]
+        dims = tl.arange(0, BLOCK_HALF)[None, :]
+        mask = (heads < num_k_heads) & (dims < HALF) & write
+        value = v_ptr + token * v_stride_t + heads * v_stride_h + dims
+        value_dst = key_dst + stride_c_kv + heads * stride_c_head + dims
+        dtype = cache_ptr.dtype.element_ty
+        tl.store(value_dst, tl.load(value, mask=mask, other=0.0).to(dtype), mask=mask)
+        tl.store(value_dst + HALF, tl.load(value + HALF, mask=mask, other=0.0).to(dtype), mask=mask)
 
     @triton.jit
     def _silu_and_mul_kernel(gate_up_ptr, out_ptr, inter, BLOCK: tl.constexpr):
@@ -180,6 +221,35 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
         BLOCK_KH=triton.next_power_of_2(num_k_heads), num_warps=_ROTARY_WARPS, **_NO_CONTRACTION,
     )
     return q_out, k_out
+
+
+def rotary_embedding_and_write_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor,
+                                  slot_mapping: torch.Tensor, write_kv: WriteKV) -> torch.Tensor:
+    """`torch_ops.rotary_embedding_and_write_kv` in one launch: returns the new
+    rotated q and stores the rotated k and v [T, Hkv, D] at their slots of
+    kv_cache [2, blocks, block_size, Hkv, D] (none for slot < 0). Where the
+    cache's dtype or layout does not allow it, the rotation and `write_kv` run
+    one after the other."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    if kv_cache.dtype != q.dtype or kv_cache.stride(-1) != 1 or v.stride(-1) != 1:
+        q_out, k_out = rotary_embedding(positions, q, k, cos, sin)
+        write_kv(k_out, v, kv_cache, slot_mapping)
+        return q_out
+    q_out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
+    if num_tokens == 0:
+        return q_out
+    half, num_k_heads = head_dim // 2, k.shape[1]
+    _rotary_cache_kernel[(num_tokens,)](
+        positions, cos, sin, cos.stride(0),
+        q, q.stride(0), q.stride(1), q.stride(2), q_out, num_q_heads,
+        k, k.stride(0), k.stride(1), k.stride(2), v, v.stride(0), v.stride(1), num_k_heads,
+        kv_cache, slot_mapping, kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        BLOCK_SIZE=kv_cache.shape[2], HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+        BLOCK_QH=triton.next_power_of_2(num_q_heads), BLOCK_KH=triton.next_power_of_2(num_k_heads),
+        num_warps=_ROTARY_WARPS, **_NO_CONTRACTION,
+    )
+    return q_out
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:

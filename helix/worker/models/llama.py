@@ -82,8 +82,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(meta.positions, q, k)
-        self.backend.write_kv(k, v, kv_cache, meta.slot_mapping)
+        q = self.rotary(meta.positions, q, k, v, kv_cache, meta.slot_mapping, self.backend.write_kv)
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
         return self.o_proj(out.reshape(num_tokens, -1))
 

@@ -7,6 +7,7 @@ from types import ModuleType
 
 import torch
 
+from helix.worker.kernels.torch_ops import WriteKV
 from helix.worker.models.arch import RopeConfig
 
 
@@ -36,7 +37,8 @@ def _llama3_scaled(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to q and k given each token's absolute position.
+    """Applies RoPE to q and k given each token's absolute position, and stores
+    the new keys and values in the KV cache.
 
     cos/sin caches: [max_positions, head_dim] in the model dtype (the angles
     of each frequency repeated for both halves, rotate-half convention)."""
@@ -50,6 +52,10 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("sin", angles.sin().to(dtype), persistent=False)
         self.kernels = kernels
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T]; q: [T, num_heads, head_dim]; k: [T, num_kv_heads, head_dim]
-        return self.kernels.rotary_embedding(positions, q, k, self.cos, self.sin)
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv_cache: torch.Tensor, slot_mapping: torch.Tensor, write_kv: WriteKV) -> torch.Tensor:
+        """The rotated q; the rotated k and v go to the cache at their slots (one
+        kernel with the Triton ops, else `write_kv`, the attention backend's).
+        positions: [T]; q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]."""
+        return self.kernels.rotary_embedding_and_write_kv(positions, q, k, v, self.cos, self.sin, kv_cache,
+                                                          slot_mapping, write_kv)
