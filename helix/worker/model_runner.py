@@ -29,7 +29,8 @@ from helix.worker.cuda_graphs import DecodeGraphSpec, capture_graphs
 from helix.worker.device import HostCopy, to_device
 from helix.worker.kv_cache import allocate_swappable_cache
 from helix.worker.models import LlamaForCausalLM
-from helix.worker.sampler import PendingTokens, SamplingRow, choose, top_logprobs, transform_logits
+from helix.worker.sampler import (PendingTokens, SamplingRow, choose, takes_raw_argmax, top_logprobs,
+                                  transform_logits)
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows
@@ -284,9 +285,12 @@ class ModelRunner:
         last_rows = [rows.last(i) for i, _ in chosen]
         selected = (hidden[:len(last_rows)] if last_rows == list(range(len(last_rows)))
                     else hidden[to_device(last_rows, torch.int64, self.device)])
-        logits = self.model.compute_logits(selected)  # [len(chosen), vocab]
         sampling_rows = [self._row_for(item.request, ()) for _, item in chosen]
-        token_ids = choose(transform_logits(logits, sampling_rows), sampling_rows)  # [len(chosen)], on device
+        if all(takes_raw_argmax(row) for row in sampling_rows):  # the logits are never materialised in fp32
+            logits, token_ids = None, self.model.greedy_tokens(selected)
+        else:
+            logits = self.model.compute_logits(selected)  # [len(chosen), vocab]
+            token_ids = choose(transform_logits(logits, sampling_rows), sampling_rows)  # [len(chosen)], on device
         request_ids = [item.request.request_id for _, item in chosen]
         return _PendingSamples(request_ids, PendingTokens(logits, sampling_rows, token_ids),
                                {request_id: i for i, request_id in enumerate(request_ids)})

@@ -55,6 +55,12 @@ def transform_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
     return _apply_filters(logits, rows)
 
 
+def takes_raw_argmax(row: SamplingRow) -> bool:
+    """Whether the row's token is the argmax of the raw logits and nothing else is
+    read from them: greedy, with nothing editing its logits and no logprobs."""
+    return row.params.greedy and row.params.logprobs is None and not _edits_logits(row)
+
+
 def _edits_logits(row: SamplingRow) -> bool:
     """Whether penalties, logit_bias or min_tokens change this row's logits."""
     params = row.params
@@ -145,12 +151,14 @@ class PendingTokens:
     """Chosen ids, with their logprobs (from the raw logits) where a row asks,
     queued for the host: computed and copied at once, read by `result`."""
 
-    def __init__(self, logits: torch.Tensor, rows: Sequence[SamplingRow], token_ids: torch.Tensor):
+    def __init__(self, logits: torch.Tensor | None, rows: Sequence[SamplingRow], token_ids: torch.Tensor):
+        """`logits` may be None where no row asks for logprobs."""
         self.rows = list(rows)
         self.token_ids = token_ids  # [n] on the device
         counts = [row.params.logprobs for row in self.rows]
         tensors = [token_ids]
         if any(count is not None for count in counts):
+            assert logits is not None, "a row asks for logprobs"
             logprobs = logits.log_softmax(dim=-1)  # [n, vocab]
             tensors.append(logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1))  # [n]
             most = max(count or 0 for count in counts)
