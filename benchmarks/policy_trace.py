@@ -47,7 +47,7 @@ def trace(llm: LLM, prompt: list[int], new_tokens: int, generations: int,
 
     def observing(plan: StepPlan, seconds: float, positions: int = 1) -> None:
         events.append({"event": "observe", "k": plan.k, "batch": plan.num_decoding, "steady": plan.steady,
-                       "probe": plan.probe_loss > 0, "ms": round(seconds / positions * 1e3, 4),
+                       "probe": plan.break_even is not None, "ms": round(seconds / positions * 1e3, 4),
                        "positions": positions})
         observe_step(plan, seconds, positions)
 

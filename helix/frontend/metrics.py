@@ -78,7 +78,8 @@ def _speculation_metrics(s: Mapping[str, float | int]) -> Iterator[Metric]:
                                 "tokens K the speculation policy gave them (0: plain decoding).", labels=["k"])
     estimates = GaugeMetricFamily("helix:spec_decode_step_seconds",
                                   "The adaptive policy's estimate of a step's wall period, by batch-size class "
-                                  "(c: 2^(c-1) to 2^c - 1 decoding requests) and K; a multi-step's per position.",
+                                  "(the number of decoding requests rounded up to a power of two) and K; a "
+                                  "multi-step's per position.",
                                   labels=["batch_class", "k"])
     for key, value in s.items():
         if key.startswith("spec_steps_k_"):

@@ -5,7 +5,7 @@ E(K) = (1 - a^(K+1)) / (1 - a) tokens per verify. What a step costs is
 measured rather than modelled: the engine reports the wall period of each
 step with decoding requests (`observe_step`), and the policy keeps one
 estimate per (batch-size class, K), the class being the number of decoding
-requests rounded to a power of two. In adaptive mode a step takes the K in
+requests rounded up to a power of two. In adaptive mode a step takes the K in
 [0, K_max] with the most expected tokens per second,
 sum_i E(a_i, K) / T(class, K), where a_i is each request's decayed
 acceptance; K = 0 is plain decoding, which a K > 0 must beat by a margin.
@@ -31,31 +31,37 @@ decoding or K_max, in turn (the first step of a K after steps without drafts
 also catches the draft model up, and is not measured); the interval doubles
 each time a probe leaves the best K unchanged, so a wrong or stale estimate
 recovers while a settled choice costs little. Probes are also paced by what
-they cost: the time a probe's steps are expected to lose against the best K
-must stay under _PROBE_SHARE of the class's step time. Near the best K a probe
-loses little and this never delays it; at large batches, where a speculative
-round can cost ten plain positions, it spaces probes by seconds of plain
-decoding rather than by a count of steps. K_max is among the probes
+they cost: the time a probe's steps lost against the best K (what they took
+beyond the period at which their K would have matched it) must stay under
+_PROBE_SHARE of the class's step time. Near the best K a probe loses little
+and this never delays it; at large batches, where a speculative round can
+cost ten plain positions, it spaces probes by seconds of plain decoding
+rather than by a count of steps. K_max is among the probes
 because neighbours alone can leave a stale K_max unmeasured for good: when
 one draft costs as much as it gains, probes next to plain decoding never
 move the choice, and the line from K = 1 to a K_max whose first step stalled
 prices every K between high. Only steps where every request decodes are
 measured: a prompt chunk's cost says nothing about K.
 
-An estimate is the median of the means of neighbouring periods among the
-last few of its K. Plain steps run scheduled ahead of one another, so each
-period is measured from the previous step's results: one read late makes that
-period long and the next one short, by the same amount. With multi-steps
-that happens step after step (the host stages the next multi-step while the
-device still runs this one), so the periods alternate, long and short; the
-median of the periods alone would settle on either, and the short one prices
-plain decoding far below its cost. A pair of neighbours keeps their sum,
-which is the wall time they took, and the median of the pairs' means keeps
-the typical pair where a stall spoils two of them. With fewer than five
-periods (too few pairs to outvote a stall) the estimate is the median of the
-periods (of an even count, the lower middle one: a K probed twice after a
-stall takes the probe's period). A period is counted as at most twice the
-estimate, so a first-use stall cannot rule a K out before probes outvote it.
+A speculative K's estimate is the median of its last few periods (of an
+even count, the lower middle one: a K probed twice after a stall takes the
+probe's period). A speculative step is timed from its own scheduling, so a
+stall lengthens only the period it falls in, and the median leaves out up to
+half of them. Plain decoding's estimate is the median of the means of
+neighbouring periods instead. Plain steps run scheduled ahead of one another,
+so each period is measured from the previous step's results: one read late
+makes that period long and the next one short, by the same amount. With
+multi-steps that happens step after step (the host stages the next
+multi-step while the device still runs this one), so the periods alternate,
+long and short; the median of the periods alone would settle on either, and
+the short one prices plain decoding far below its cost. A pair of neighbours
+keeps their sum, which is the wall time they took, and the median of the
+pairs' means keeps the typical pair where a stall spoils two of them (with
+fewer than five periods, too few pairs to outvote a stall, it is the median
+of the periods too). Pairs are for plain decoding only: two stalls in a row
+spoil three pairs, which outvote the rest of a window. A period is counted
+as at most twice the estimate, so a first-use stall cannot rule a K out
+before probes outvote it.
 
 Seeded requests always speculate K_max (capped by what they may still
 generate): with a seed the sampled tokens depend on K, and they must depend
@@ -120,8 +126,10 @@ class SpeculationConfig:
 
 
 def batch_class(num_decoding: int) -> int:
-    """Steps of 2^(c-1) to 2^c - 1 decoding requests share class c."""
-    return num_decoding.bit_length()
+    """The number of decoding requests rounded up to a power of two: steps of
+    2^(c-1) + 1 to 2^c requests share class 2^c. A full batch of a power-of-two
+    max_num_seqs and that batch less a few requests share one class."""
+    return 1 << max(0, num_decoding - 1).bit_length()
 
 
 @dataclass
@@ -138,8 +146,7 @@ class _ClassState:
     probe_up: bool = True  # the direction it last moved
     repeat: int | None = None  # a probe's K, for its second step
     # Seconds of this class's steps to run before the next probe: each probe step
-    # adds the time it is expected to lose / _PROBE_SHARE, every other step pays
-    # its own time off.
+    # adds the time it lost / _PROBE_SHARE, every other step pays its own time off.
     probe_wait: float = 0.0
 
 
@@ -148,14 +155,14 @@ class StepPlan:
     """The K a step's decoding requests were given, and how many there were.
     `steady`: no speculating request had a draft model far behind it, so the
     step's period is what the K costs step after step (a first step after
-    steps without drafts also catches the draft model up). `probe_loss`: the
-    share of its time a probe is expected to lose against the best K, by the
-    estimates when it was chosen (0 for any other step)."""
+    steps without drafts also catches the draft model up). `break_even`, for
+    a probe only: the period (seconds per position or round) at which its K
+    would have matched the best K's rate, by the estimates when it was chosen."""
 
     num_decoding: int
     k: int
     steady: bool = True
-    probe_loss: float = 0.0
+    break_even: float | None = None
 
 
 # (request, the most drafts it may take: max_tokens and max_model_len leave room for no more)
@@ -182,7 +189,7 @@ class SpeculationPolicy:
 
     def choose(self, decoding: Decoding) -> tuple[dict[Request, int], StepPlan]:
         """K per decoding request for this step, counting the decision."""
-        k, best, loss = self._plan(decoding)
+        k, best, break_even = self._plan(decoding)
         if self.config.mode == "adaptive" and decoding:
             self._count_decision(self._classes.setdefault(batch_class(len(decoding)), _ClassState()), k, best)
             if k == 0:  # no verify will update the engine-wide counts: they age as one would
@@ -191,34 +198,34 @@ class SpeculationPolicy:
         k_max = self.config.num_speculative_tokens
         choices = {request: max(0, min(k_max if request.params.seed is not None else k, limit))
                    for request, limit in decoding}
-        return choices, StepPlan(len(decoding), k, probe_loss=loss)
+        return choices, StepPlan(len(decoding), k, break_even=break_even)
 
-    def _plan(self, decoding: Decoding) -> tuple[int, int, float]:
-        """(K for this step, the K with the best measured rate, the share of the
-        step's time that K is expected to lose against the best one)."""
+    def _plan(self, decoding: Decoding) -> tuple[int, int, float | None]:
+        """(K for this step, the K with the best measured rate, and for a probe
+        the period at which its K would match the best one's rate)."""
         k_max = self.config.num_speculative_tokens
         if self.config.mode == "fixed":
-            return k_max, k_max, 0.0
+            return k_max, k_max, None
         if not decoding:
-            return 0, 0, 0.0
+            return 0, 0, None
         state = self._classes.get(batch_class(len(decoding)), _ClassState())
         for anchor in (0, k_max):
             if anchor not in state.periods:
-                return anchor, anchor, 0.0
+                return anchor, anchor, None
         tokens = self._expected_batch_tokens(decoding)
-        rates = [tokens[k] / _period(state.periods, k) / (_SPECULATION_MARGIN if k else 1.0)
-                 for k in range(k_max + 1)]
+        margins = [_SPECULATION_MARGIN if k else 1.0 for k in range(k_max + 1)]
+        rates = [tokens[k] / _period(state.periods, k) / margins[k] for k in range(k_max + 1)]
         best = max(range(k_max + 1), key=lambda k: (rates[k], -k))
         if state.repeat is not None:
             k = state.repeat
         elif state.decisions + 1 < state.next_probe or state.probe_wait > 0:
-            return best, best, 0.0
+            return best, best, None
         else:
             near = (best + 1, best - 1) if state.probe_up else (best - 1, best + 1)
             order = (*near, 0, k_max)
             candidates = [k for k in dict.fromkeys(order) if 0 <= k <= k_max and k != best]
             k = candidates[state.probes % len(candidates)]
-        return k, best, 1.0 - rates[k] / rates[best]
+        return k, best, (tokens[k] / margins[k] / rates[best] if k != best else None)
 
     def _expected_batch_tokens(self, decoding: Decoding) -> list[float]:
         """[K]: sum over the requests of E(a_i, min(K, limit_i)), for K in [0, K_max].
@@ -276,17 +283,18 @@ class SpeculationPolicy:
         if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
             return
         state = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState())
-        if plan.probe_loss > 0:
-            state.probe_wait += seconds * plan.probe_loss / _PROBE_SHARE
+        estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
+        period = seconds / positions
+        counted = period if estimate is None else min(period, _MAX_RISE * estimate)
+        if plan.break_even is not None:  # what the probe took, stalls and all
+            state.probe_wait += positions * max(0.0, period - plan.break_even) / _PROBE_SHARE
         else:
             state.probe_wait = max(0.0, state.probe_wait - seconds)
         if not plan.steady:
             return
-        estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
-        period = seconds / positions
         recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
-        recent.append(period if estimate is None else min(period, _MAX_RISE * estimate))
-        state.periods[plan.k] = _typical(recent)
+        recent.append(counted)
+        state.periods[plan.k] = _typical(recent, paired=plan.k == 0)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
         """Estimated step seconds per K at this batch size (those measured so far)."""
@@ -297,13 +305,14 @@ class SpeculationPolicy:
         return {cls: dict(state.periods) for cls, state in sorted(self._classes.items())}
 
 
-def _typical(periods: Sequence[float]) -> float:
+def _typical(periods: Sequence[float], paired: bool) -> float:
     """A K's estimate from its recent periods, oldest first: the median (the
-    lower middle one) of the means of neighbouring periods, which keeps a long
-    period read late and the short one after it at their mean, and of four or
-    more pairs leaves out the two a stall is in; the median of the periods
-    themselves while there are fewer than five."""
-    if len(periods) < 5:
+    lower middle one) of the periods; `paired` (steps scheduled ahead, timed
+    from the previous step's results), once there are five or more, the
+    median of the means of neighbouring periods, which keeps a long period
+    read late and the short one after it at their mean, and of four or more
+    pairs leaves out the two a stall is in."""
+    if not paired or len(periods) < 5:
         return statistics.median_low(periods)
     return statistics.median_low([(first + second) / 2 for first, second in itertools.pairwise(periods)])
 

@@ -85,6 +85,14 @@ def probe_starts(chosen: list[int]) -> list[int]:
     return starts
 
 
+def test_a_full_batch_and_that_batch_less_a_few_share_a_class() -> None:
+    """Classes round up to a power of two: a saturated server at max_num_seqs = 256
+    and the same batch after a few requests finish measure one set of estimates,
+    rather than exploring every K twice."""
+    assert batch_class(256) == batch_class(255) == batch_class(129) != batch_class(128)
+    assert [batch_class(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
+
+
 def test_probes_of_a_settled_choice_grow_sparse() -> None:
     """A probe runs two steps (the first may only catch the draft model up), and
     the wait before the next one at least doubles while plain decoding stays best."""
@@ -339,6 +347,18 @@ def test_plain_periods_alternating_long_and_short_are_priced_at_their_mean() -> 
     assert spec.step_seconds(1)[0] == pytest.approx(1.3e-3)
     spec.observe_step(StepPlan(1, K_MAX), 2.6e-3)
     assert spec.plan(batch(1)) > 0
+
+
+def test_two_stalls_in_a_row_leave_a_speculative_estimate_alone() -> None:
+    """A speculative step is timed from its own scheduling, so its periods do not
+    alternate: two stalled rounds in a row (the host busy elsewhere, as seen in
+    a served run: 3.4 and 3.7 ms among 1.9 ms rounds) are two of six periods,
+    and the estimate stays at the typical round."""
+    spec = policy()
+    spec.observe_step(StepPlan(1, 0), 1.3e-3)
+    for ms in (1.89, 1.88, 1.9, 3.36, 3.73, 1.89):
+        spec.observe_step(StepPlan(1, K_MAX), ms / 1e3)
+    assert spec.step_seconds(1)[K_MAX] == pytest.approx(1.89e-3)
 
 
 def test_one_period_at_its_cost_outvotes_a_stall() -> None:
