@@ -15,8 +15,8 @@ benchmarks/RESULTS.md from it. Sections (all by default):
   `LLM.generate` against transformers' continuous batching (`generate_batch`),
   with `num_scheduler_steps` as given and, as a baseline in the same run, 1;
 - served: the load client against `helix serve` (A + draft A, a = 0.7) from
-  1 request/s to saturation, with and without speculation, with the same
-  `num_scheduler_steps`; each server first gets an untimed burst of as many
+  1 request/s to saturation, with and without speculation (K adaptive up to
+  the spec section's K_max), with the same `num_scheduler_steps`; each server first gets an untimed burst of as many
   other prompts (`--no-served-warmup` leaves it out).
 
 Models have dummy weights at real shapes, so speculative results use
@@ -206,7 +206,9 @@ def run_served(args: argparse.Namespace, _bandwidth: float) -> dict[str, Any]:
               "--max-num-batched-tokens", "8192", "--num-scheduler-steps", str(args.num_scheduler_steps),
               "--log-interval", "0"] + (
                   ["--no-engine-process"] if args.in_process else [])
-    spec = ["--draft-model", draft, "--benchmark-mode", "--spec-synthetic-acceptance", "0.7"]
+    k_max = dict(SPEC_MODES)["adaptive"]
+    spec = ["--draft-model", draft, "--num-speculative-tokens", str(k_max), "--benchmark-mode",
+            "--spec-synthetic-acceptance", "0.7"]
     section = {}
     for key, flags in (("plain", common), ("speculative", common + spec)):
         section[key] = served.sweep(flags, rates, prompts, args.new_tokens, warmup_prompts=warmup)
