@@ -283,17 +283,16 @@ class SpeculationPolicy:
         if self.config.mode != "adaptive" or plan.num_decoding <= 0 or seconds <= 0:
             return
         state = self._classes.setdefault(batch_class(plan.num_decoding), _ClassState())
-        estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
         period = seconds / positions
-        counted = period if estimate is None else min(period, _MAX_RISE * estimate)
         if plan.break_even is not None:  # what the probe took, stalls and all
             state.probe_wait += positions * max(0.0, period - plan.break_even) / _PROBE_SHARE
         else:
             state.probe_wait = max(0.0, state.probe_wait - seconds)
         if not plan.steady:
             return
+        estimate = _prior_period(state.periods, plan.k, self.config.num_speculative_tokens)
         recent = state.recent.setdefault(plan.k, deque(maxlen=_WINDOW))
-        recent.append(counted)
+        recent.append(period if estimate is None else min(period, _MAX_RISE * estimate))
         state.periods[plan.k] = _typical(recent, paired=plan.k == 0)
 
     def step_seconds(self, num_decoding: int) -> dict[int, float]:
