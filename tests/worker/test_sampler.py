@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chisquare
 
 from helix.sampling_params import SamplingParams
-from helix.worker.sampler import SamplingRow, sample, transform_logits
+from helix.worker.sampler import SamplingRow, sample, takes_raw_argmax, transform_logits
 
 NEG_INF = float("-inf")
 
@@ -62,6 +62,28 @@ def test_greedy_ignores_temperature_style_filters() -> None:
     params = SamplingParams(temperature=0.0, top_k=1, top_p=0.1, min_p=0.9)
     out = transform_logits(logits_of(1.0, 3.0, 2.0), [make_row(params)])
     assert out[0].tolist() == [1.0, 3.0, 2.0]
+
+
+@pytest.mark.parametrize(("row", "raw"), [
+    (make_row(GREEDY), True),
+    (make_row(SamplingParams(temperature=0.0, top_k=1, top_p=0.1)), True),  # filters skip greedy rows
+    (make_row(SamplingParams(temperature=0.0, min_tokens=2), output=[4, 5], stop_ids=frozenset({1})), True),
+    (make_row(SamplingParams(temperature=0.0, logprobs=0)), False),
+    (make_row(SamplingParams(temperature=0.0, logit_bias={2: 1.5})), False),
+    (make_row(SamplingParams(temperature=0.0, repetition_penalty=2.0), prompt=[1]), False),
+    (make_row(SamplingParams(temperature=0.0, presence_penalty=1.0), output=[1]), False),
+    (make_row(SamplingParams(temperature=0.0, min_tokens=2), stop_ids=frozenset({1})), False),
+    (make_row(SamplingParams(temperature=0.7)), False),
+])
+def test_only_rows_choosing_the_raw_argmax_skip_the_transform(row: SamplingRow, raw: bool) -> None:
+    """The runner skips the fp32 logits and the transform for rows that take the
+    raw argmax: for them the sampled token must be the raw argmax, for any logits."""
+    assert takes_raw_argmax(row) is raw
+    if raw:
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn((64, 8), generator=generator)
+        tokens = [token.token_id for token in sample(logits, [row] * 64)]
+        assert tokens == logits.argmax(dim=-1).tolist()
 
 
 # -- filters -----------------------------------------------------------------------
