@@ -162,8 +162,7 @@ class Scheduler:
         position = 0
         while position < len(queue) and budget > 0:
             request = queue[position]
-            computed, known = ahead.progress(request) if ahead is not None else (
-                request.num_computed_tokens, request.num_tokens)
+            computed, known = _InFlight.progress_of(request, ahead)
             if ahead is not None and ahead.ends(request, self.config.max_model_len):
                 position += 1
                 continue
@@ -197,7 +196,7 @@ class Scheduler:
         multi = []
         for item in scheduled:
             request = item.request
-            known = ahead.progress(request)[1] if ahead is not None else request.num_tokens
+            known = _InFlight.progress_of(request, ahead)[1]
             num_output = len(request.output_token_ids) + known - request.num_tokens  # with tokens in flight
             num_steps = min(most, request.max_tokens - num_output, self.config.max_model_len - known)
             if num_steps > 1 and self.kv.grow(request, item.start + num_steps):
@@ -256,8 +255,7 @@ class Scheduler:
         as after that step in flight."""
         decoding = []
         for request in queue:
-            computed, known = ahead.progress(request) if ahead is not None else (
-                request.num_computed_tokens, request.num_tokens)
+            computed, known = _InFlight.progress_of(request, ahead)
             if known - computed == 1:
                 num_output = len(request.output_token_ids) + known - request.num_tokens
                 decoding.append((request, min(request.max_tokens - num_output - 1, self.config.max_model_len - known)))
@@ -479,6 +477,13 @@ class _InFlight:
         request_id = request.request_id
         return (request.num_computed_tokens + self.computed.get(request_id, 0),
                 request.num_tokens + self.sampled.get(request_id, 0))
+
+    @staticmethod
+    def progress_of(request: Request, ahead: _InFlight | None) -> tuple[int, int]:
+        """(computed, known) positions once `ahead` completes; now, without a step in flight."""
+        if ahead is None:
+            return request.num_computed_tokens, request.num_tokens
+        return ahead.progress(request)
 
     def ends(self, request: Request, max_model_len: int) -> bool:
         """Whether the step's tokens take the request to max_tokens or max_model_len."""
