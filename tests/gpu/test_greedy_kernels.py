@@ -10,7 +10,7 @@ import torch
 from helix.worker.kernels import greedy
 from helix.worker.spec_decode import loop_step
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and greedy.triton is not None),
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and greedy.AVAILABLE),
                                 reason="needs CUDA and Triton")
 
 

@@ -8,7 +8,7 @@ import torch
 
 from helix.worker.spec_decode import round_kernels
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and round_kernels.triton is not None),
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and round_kernels.AVAILABLE),
                                 reason="needs CUDA and Triton")
 
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import torch
 
-try:  # Triton is optional: CPU and DirectML installs do not have it.
+from helix.worker.kernels.triton_ops import AVAILABLE
+
+if AVAILABLE:  # Triton is optional: CPU and DirectML installs do not have it.
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
 
 # Vocabulary columns each program reads per iteration. The vocabulary size is a
 # compile-time constant (one model, one size): the loop over it has a fixed count.
 BLOCK = 2048
 
-if triton is not None:
+if AVAILABLE:
 
     @triton.jit
     def row_argmax(row_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
@@ -50,9 +49,9 @@ if triton is not None:
         tl.store(out_ptr + row, token.to(tl.int64))
 
 
-def fused(logits: torch.Tensor) -> bool:
-    """Whether the Triton kernels run for these logits."""
-    return triton is not None and logits.is_cuda
+def fused(tensor: torch.Tensor) -> bool:
+    """Whether Triton kernels run for tensors where this one lives (on CUDA, with Triton)."""
+    return AVAILABLE and tensor.is_cuda
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:

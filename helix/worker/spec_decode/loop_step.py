@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from helix.worker.kernels import greedy
+from helix.worker.kernels.triton_ops import AVAILABLE
 
-if greedy.triton is not None:
+if AVAILABLE:
     import triton
     import triton.language as tl
 

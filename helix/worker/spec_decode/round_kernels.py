@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import torch
 
-try:  # Triton is optional: CPU and DirectML installs do not have it.
+from helix.worker.kernels.greedy import fused
+from helix.worker.kernels.triton_ops import AVAILABLE
+
+if AVAILABLE:  # Triton is optional: CPU and DirectML installs do not have it.
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
-
-if triton is not None:
 
     # Sizes and strides are not specialised on, so `warm_up` compiles every variant.
     @triton.jit(do_not_specialize=["pos_stride", "slot_stride", "table_stride", "query_len", "block_size"])
@@ -55,16 +53,12 @@ if triton is not None:
         tl.store(by_out_ptr + row, tl.load(by_ptr + row) + kept)
 
 
-def _fused(tensor: torch.Tensor) -> bool:
-    return triton is not None and tensor.is_cuda
-
-
 def shift_inputs(positions: torch.Tensor, seq_lens: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor,
                  by: torch.Tensor, block_size: int) -> None:
     """In place: positions and slots [n, q] (every token real; rows may be strided,
     columns contiguous) move `by` [n] later, slots recomputed from the block
     tables [n, width] (which cover the new positions), and seq_lens [n] grow by it."""
-    if _fused(positions):
+    if fused(positions):
         num_seqs, query_len = positions.shape
         _shift_kernel[(num_seqs,)](positions, positions.stride(0), slots, slots.stride(0), seq_lens, block_tables,
                                    block_tables.stride(0), by, query_len, block_size,
@@ -86,7 +80,7 @@ def advance(accepted: torch.Tensor, drafts: torch.Tensor, best: torch.Tensor, la
     accepted prefix's length; next [B]: the argmax at row `kept`, the next
     round's first token; before_last [B]: the token before it, the last kept
     draft or `last`; by + kept)."""
-    if _fused(drafts):
+    if fused(drafts):
         batch, k = drafts.shape
         kept, next_token, before_last, by_out = (torch.empty(batch, dtype=torch.int64, device=drafts.device)
                                                  for _ in range(4))
@@ -102,7 +96,7 @@ def advance(accepted: torch.Tensor, drafts: torch.Tensor, best: torch.Tensor, la
 def warm_up(device: torch.device, max_query_len: int) -> None:
     """Compile both kernels for every span length up to max_query_len (1 + K_max)
     now, rather than in the first chained rounds."""
-    if triton is None or device.type != "cuda":
+    if not fused(torch.empty(0, device=device)):
         return
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     table = torch.zeros((1, 1), dtype=torch.int32, device=device)
