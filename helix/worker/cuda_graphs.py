@@ -65,6 +65,8 @@ class DecodeGraphSpec:
     max_num_seqs: int
     max_model_len: int
     max_query_len: int = 1  # longest span the target's graphs take: 1 + K with speculation
+    round_ks: tuple[int, ...] = ()  # the K values of chained speculative rounds (none: no round graphs)
+    max_rounds: int = 1  # rounds per chained multi-step (num_scheduler_steps)
 
 
 def graph_buckets(max_num_seqs: int, query_len: int = 1) -> tuple[int, ...]:

@@ -34,7 +34,8 @@ from helix.worker.sampler import (PendingTokens, SamplingRow, choose, takes_raw_
 from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows
-from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
+from helix.worker.spec_decode.round_graphs import RoundGraphs
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs, packed_verdict
 from helix.worker.token_feed import PositionShift, TokenFeed
 
 
@@ -103,12 +104,25 @@ class ModelRunner:
         # CUDA graphs for decode and verify steps (None: always eager).
         query_lens = range(1, graphs.max_query_len + 1) if graphs is not None else (1,)
         self.graphs = capture_graphs(model, self.kv_cache, block_size, graphs, query_lens, "target")
+        self.round_graphs = self._capture_round_graphs(graphs)
         self._shared_generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
         self._rows: dict[str, SamplingRow] = {}  # per running request, at its next position
         # The last launched step's choices, one entry per forward that sampled (several
         # in a multi-step): a step scheduled ahead feeds them in.
         self._last_sampled: list[_PendingSamples] = []
+
+    def _capture_round_graphs(self, spec: DecodeGraphSpec | None) -> RoundGraphs | None:
+        """Whole-round graphs for chained rounds, where both models' pass graphs exist."""
+        proposer = self.proposer
+        if (spec is None or not spec.round_ks or spec.max_rounds < 2 or self.graphs is None
+                or not isinstance(proposer, DraftModelProposer) or proposer.graphs is None):
+            return None
+        coin = self.accept.coins((0,), self.device) is not None  # an empty draw: whether tests are coins
+        graphs = RoundGraphs(self.model, self.kv_cache, self.graphs, proposer.model, proposer.kv_cache,
+                             proposer.graphs, self.block_size, spec.round_ks, spec.max_rounds - 1, coin)
+        graphs.capture()
+        return graphs
 
     @torch.inference_mode()
     def launch(self, step: SchedulerOutput) -> Callable[[], ModelOutput]:
@@ -160,30 +174,31 @@ class ModelRunner:
         first_drafts = torch.stack([rows.token_ids for rows in proposals.on_device], dim=1)  # [B, K]
         hidden, _ = self._forward(scheduled, proposals)
         known = [item.request.token_ids(item.start, item.start + 1)[0] for item in scheduled]
-        inputs = RoundInputs.first(to_device(known, torch.int64, self.device))
-        drafts, kept, next_tokens = [first_drafts], [], []
+        coins = self.accept.coins((num_rounds, num_seqs, k), self.device)  # [R, B, K]; None: the argmax tests
+        verdict, inputs = self._decide_round(hidden, first_drafts, RoundInputs.first(
+            to_device(known, torch.int64, self.device)), None if coins is None else coins[0])
+        verdicts = [verdict.unsqueeze(0)]
+        replayed = None if self.round_graphs is None else self.round_graphs.run(
+            [item.start for item in scheduled], [item.block_table for item in scheduled], k, num_rounds - 1,
+            inputs, None if coins is None else coins[1:])
+        if replayed is not None:
+            verdicts.append(replayed)
         every = tuple(range(num_seqs))
-        for r in range(num_rounds):
-            if r:
-                positions = [item.start + r for item in scheduled]  # the lowest start: a token per round before
-                drafts.append(self.proposer.propose_round(scheduled, positions, inputs))
-                spans = [SequenceSpan(item.block_table, position, 1 + k)
-                         for item, position in zip(scheduled, positions)]
-                feeds = [TokenFeed(every, inputs.last, every)] + [
-                    TokenFeed(every, drafts[-1][:, d], every, offset=1 + d) for d in range(k)]
-                hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
-            # Every span has 1 + K rows, end to end, graph or eager.
-            best = self.model.greedy_tokens(hidden[:num_seqs * (1 + k)]).view(num_seqs, 1 + k)
-            accepted = self.accept.on_device(drafts[-1] == best[:, :-1])
-            round_kept, next_token, inputs = inputs.advance(drafts[-1], best, accepted)
-            kept.append(round_kept)
-            next_tokens.append(next_token)
-        verdicts = ChainedVerdicts.of(drafts, kept, next_tokens)
+        for r in range(1, num_rounds if replayed is None else 1):  # round by round where no graph covers them
+            positions = [item.start + r for item in scheduled]  # the lowest start: a token per round before
+            drafts = self.proposer.propose_round(scheduled, positions, inputs)
+            spans = [SequenceSpan(item.block_table, position, 1 + k) for item, position in zip(scheduled, positions)]
+            feeds = [TokenFeed(every, inputs.last, every)] + [
+                TokenFeed(every, drafts[:, d], every, offset=1 + d) for d in range(k)]
+            hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
+            verdict, inputs = self._decide_round(hidden, drafts, inputs, None if coins is None else coins[r])
+            verdicts.append(verdict.unsqueeze(0))
+        chained = ChainedVerdicts.of(verdicts)
 
         @torch.inference_mode()
         def finish() -> ModelOutput:
             output = ModelOutput(sampled={})
-            for item, (emitted, kept_per_round) in zip(scheduled, verdicts.per_request()):
+            for item, (emitted, kept_per_round) in zip(scheduled, chained.per_request()):
                 request_id = item.request.request_id
                 output.sampled[request_id] = emitted
                 output.verifies[request_id] = [(k, count) for count in kept_per_round]
@@ -193,6 +208,17 @@ class ModelRunner:
             return output
 
         return finish
+
+    def _decide_round(self, hidden: torch.Tensor, drafts: torch.Tensor, inputs: RoundInputs,
+                      coins: torch.Tensor | None) -> tuple[torch.Tensor, RoundInputs]:
+        """A chained round's verdict ([B, K + 2], `packed_verdict`) and the next
+        round's inputs, from its verify forward (every span 1 + K rows, end to
+        end) and its drafts [B, K]; `coins` [B, K], where given, are the tests."""
+        num_seqs, k = drafts.shape
+        best = self.model.greedy_tokens(hidden[:num_seqs * (1 + k)]).view(num_seqs, 1 + k)
+        tests = drafts == best[:, :-1] if coins is None else coins
+        kept, next_token, next_inputs = inputs.advance(drafts, best, tests)
+        return packed_verdict(drafts, kept, next_token), next_inputs
 
     def _launch_more_steps(self, scheduled: list[ScheduledRequest]) -> None:
         """A multi-step's forwards after the first: forward i decodes position

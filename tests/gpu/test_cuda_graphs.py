@@ -294,19 +294,23 @@ def _count_shifted_replays(runner: Any) -> list[int]:
     return counter
 
 
-@pytest.mark.parametrize("regime,draft", [("ample", "target"), ("swap", "target"), ("ample", "unrelated")])
-def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, tiny_model_dirs: dict[str, Path],
-                                                 unrelated_draft_dir: Path, greedy_prompts: list[list[int]],
+@pytest.mark.parametrize("whole_rounds", [True, False])
+@pytest.mark.parametrize("regime,draft,mode", [("ample", "target", "fixed"), ("swap", "target", "fixed"),
+                                               ("ample", "unrelated", "fixed"), ("ample", "unrelated", "adaptive")])
+def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, mode: str, whole_rounds: bool,
+                                                 tiny_model_dirs: dict[str, Path], unrelated_draft_dir: Path,
+                                                 greedy_prompts: list[list[int]],
                                                  greedy_expected: list[list[int]]) -> None:
-    """Chained speculative rounds replay the target's verify graphs, the draft's
-    two-token pass A and its draft loop with positions shifted on the device.
+    """Chained speculative rounds after the first replay one graph per round
+    (`RoundGraphs`); without those, the target's verify graphs, the draft's
+    two-token pass A and its draft loop, with positions shifted on the device.
     With the target as its own draft and a coin keeping half the drafts, rounds
     start at random offsets while every emitted token is still greedy; with an
-    unrelated draft the verdicts are the model's. Output stays transformers'
-    greedy tokens (fp32), blocks drain."""
+    unrelated draft the verdicts are the model's, and adaptive K chains rounds
+    of several K. Output stays transformers' greedy tokens (fp32), blocks drain."""
     target = tiny_model_dirs["llama"]
     # At most 8 running requests: verify graphs cover batches of up to 16 (larger ones run eagerly).
-    options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode="fixed",
+    options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode=mode,
                                    num_speculative_tokens=3, num_scheduler_steps=4, max_num_seqs=8)
     if draft == "target":
         options["spec_synthetic_acceptance"] = 0.5
@@ -314,13 +318,21 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, tiny_m
         options["draft_model"] = str(unrelated_draft_dir)
     llm = run_regime(regime, target, greedy_prompts, greedy_expected, **options)
     runner = llm.engine.runner
+    round_graphs = runner.round_graphs
+    assert round_graphs is not None and round_graphs.ks == ((3,) if mode == "fixed" else (1, 2, 3))
+    if not whole_rounds:
+        runner.round_graphs = None
+    whole_replays = round_graphs.replays
     verify, draft_pass = _count_shifted_replays(runner.graphs), _count_shifted_replays(runner.proposer.graphs)
     loop_replays = runner.proposer.loop.replays
     params = SamplingParams(temperature=0.0, max_tokens=len(greedy_expected[0]), ignore_eos=True)
     outputs = llm.generate(greedy_prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == greedy_expected
     assert_drained(llm)
-    assert verify[0] > 0 and draft_pass[0] > 0 and runner.proposer.loop.replays > loop_replays
+    if whole_rounds:
+        assert round_graphs.replays > whole_replays
+    else:
+        assert verify[0] > 0 and draft_pass[0] > 0 and runner.proposer.loop.replays > loop_replays
 
 
 def test_a_shifted_replay_equals_a_replay_staged_where_the_spans_start(tiny_model_dirs: dict[str, Path]) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from helix import LLM, SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
-from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs, packed_verdict
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from tests.engine.test_async_scheduling import completions
 from tests.regimes import REGIMES, assert_drained, greedy_rerun_count, run_regime
@@ -125,18 +125,18 @@ def test_a_round_keeps_the_accepted_prefix_and_moves_the_next_inputs() -> None:
 
 
 def test_chained_verdicts_emit_each_rounds_kept_drafts_then_its_next_token() -> None:
-    drafts = [torch.tensor([[5, 6, 7]]), torch.tensor([[10, 11, 12]])]
-    kept, next_tokens = [torch.tensor([2]), torch.tensor([0])], [torch.tensor([9]), torch.tensor([3])]
-    verdicts = ChainedVerdicts.of(drafts, kept, next_tokens)
-    assert verdicts.per_request() == [([5, 6, 9, 3], [2, 0])]
+    first = packed_verdict(torch.tensor([[5, 6, 7], [1, 2, 3]]), torch.tensor([2, 3]), torch.tensor([9, 4]))
+    second = packed_verdict(torch.tensor([[10, 11, 12], [20, 21, 22]]), torch.tensor([0, 1]), torch.tensor([3, 8]))
+    verdicts = ChainedVerdicts.of([first.unsqueeze(0), second.unsqueeze(0)])
+    assert verdicts.per_request() == [([5, 6, 9, 3], [2, 0]), ([1, 2, 3, 4, 20, 8], [3, 1])]
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.7])
 def test_the_device_coin_accepts_with_probability_a(rate: float) -> None:
-    tests = SyntheticAcceptance(rate, seed=5).on_device(torch.zeros((4000, K), dtype=torch.bool))
+    tests = SyntheticAcceptance(rate, seed=5).coins((4000, K), torch.device("cpu"))
     share = tests.float().mean().item()
     assert abs(share - rate) < 4 * (rate * (1 - rate) / tests.numel()) ** 0.5
-    again = SyntheticAcceptance(rate, seed=5).on_device(torch.zeros((4000, K), dtype=torch.bool))
+    again = SyntheticAcceptance(rate, seed=5).coins((4000, K), torch.device("cpu"))
     assert torch.equal(tests, again)
 
 

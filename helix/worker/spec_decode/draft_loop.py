@@ -36,6 +36,19 @@ from helix.worker.token_feed import PositionShift
 logger = logging.getLogger(__name__)
 
 
+def greedy_passes(model: LlamaForCausalLM, kv_cache: torch.Tensor, meta: AttentionMetadata, ids: torch.Tensor,
+                  live: torch.Tensor, drafts: torch.Tensor, depth: int) -> None:
+    """`depth` greedy one-token passes, as a graph captures them: pass d runs
+    ids [n] at meta's positions and writes its argmax to drafts[:, d] ([n, >=
+    depth], rows may be strided); each pass but the last then moves ids,
+    positions, sequence lengths and slots (meta's tensors, in place) one
+    position on for rows with live [n] = 1."""
+    for d in range(depth):
+        hidden = model(ids, kv_cache, meta)  # [n, hidden]
+        loop_step.step(model.lm_head(hidden), drafts, d, ids, meta.positions, meta.seq_lens, meta.slot_mapping,
+                       live, meta.block_tables, meta.block_size, advance=d + 1 < depth)
+
+
 class DraftLoopGraphs:
     def __init__(self, model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int, passes: GraphRunner,
                  max_depth: int):
@@ -91,17 +104,13 @@ class DraftLoopGraphs:
 
     def _passes(self, bucket: int, depth: int, splits: int) -> None:
         """`depth` greedy passes over the static inputs (what a graph holds)."""
-        block_size = self.block_size
-        positions, slots, seq_lens = self._positions[:bucket], self._slots[:bucket], self._seq_lens[:bucket]
-        live, tables, ids = self._live[:bucket], self._block_tables[:bucket], self._ids[:bucket]
         meta = AttentionMetadata(
-            positions=positions, slot_mapping=slots, block_tables=tables, seq_lens=seq_lens,
+            positions=self._positions[:bucket], slot_mapping=self._slots[:bucket],
+            block_tables=self._block_tables[:bucket], seq_lens=self._seq_lens[:bucket],
             query_start_loc=self._query_start_loc[:bucket + 1], seq_lens_host=(0,) * bucket,
-            query_start_loc_host=tuple(range(bucket + 1)), block_size=block_size, num_splits=splits)
-        for d in range(depth):
-            hidden = self.model(ids, self.kv_cache, meta)  # [bucket, hidden]
-            loop_step.step(self.model.lm_head(hidden), self._drafts[:bucket], d, ids, positions, seq_lens, slots,
-                           live, tables, block_size, advance=d + 1 < depth)
+            query_start_loc_host=tuple(range(bucket + 1)), block_size=self.block_size, num_splits=splits)
+        greedy_passes(self.model, self.kv_cache, meta, self._ids[:bucket], self._live[:bucket],
+                      self._drafts[:bucket], depth)
 
     # -- replay ----------------------------------------------------------------------
     def run(self, first_tokens: torch.Tensor, positions: Sequence[int], tables: Sequence[Sequence[int]],

@@ -28,11 +28,12 @@ from helix.worker.sampler import draw_rows
 class Acceptance(Protocol):
     """Decides which drafts a verify keeps: on the host from each row's test and
     stopping token (`__call__`), or on the device for greedy rounds chained
-    there (`on_device`: each draft's test [B, K] bool -> the tests to apply)."""
+    there (`coins`: bool tests to apply in place of the model's, or None to
+    apply the model's own)."""
 
     def __call__(self, draft_tokens: list[int], accepted: list[bool], stopping: list[int]) -> list[int]: ...
 
-    def on_device(self, accepted: torch.Tensor) -> torch.Tensor: ...
+    def coins(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor | None: ...
 
 
 class ExactAcceptance:
@@ -41,8 +42,8 @@ class ExactAcceptance:
     def __call__(self, draft_tokens: list[int], accepted: list[bool], stopping: list[int]) -> list[int]:
         return emitted_tokens(draft_tokens, accepted, stopping)
 
-    def on_device(self, accepted: torch.Tensor) -> torch.Tensor:
-        return accepted
+    def coins(self, shape: tuple[int, ...], device: torch.device) -> None:
+        return None
 
 
 def residual_distribution(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:

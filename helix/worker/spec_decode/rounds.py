@@ -48,27 +48,35 @@ class RoundInputs:
                                              PositionShift(by, self.shift.most + drafts.shape[1]))
 
 
+def packed_verdict(drafts: torch.Tensor, kept: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
+    """One round's verdict as one row per request [B, K + 2]: the drafts [B, K],
+    how many were kept [B], the token after them [B]."""
+    return torch.cat((drafts, kept.unsqueeze(1), next_token.unsqueeze(1)), dim=1)
+
+
 @dataclass(frozen=True)
 class ChainedVerdicts:
-    """Every round's drafts [R, B, K], drafts kept [R, B] and next tokens [R, B],
-    on their way to the host."""
+    """Every round's verdicts [R, B, K + 2] (`packed_verdict` rows), on their way to the host."""
 
     copy: HostCopy
 
     @classmethod
-    def of(cls, drafts: list[torch.Tensor], kept: list[torch.Tensor], next_tokens: list[torch.Tensor]
-           ) -> ChainedVerdicts:
-        return cls(HostCopy([torch.stack(drafts), torch.stack(kept), torch.stack(next_tokens)]))
+    def of(cls, rounds: list[torch.Tensor]) -> ChainedVerdicts:
+        """`rounds`: verdicts [r, B, K + 2] of consecutive rounds, in order."""
+        return cls(HostCopy([torch.cat(rounds)]))
 
     def per_request(self) -> list[tuple[list[int], list[int]]]:
         """For each request (waits for the copy): (tokens emitted over the rounds,
         drafts kept per round)."""
-        drafts, kept, next_tokens = (tensor.tolist() for tensor in self.copy.wait())
+        rounds = self.copy.wait()[0].tolist()  # [R][B][K + 2]
         results = []
-        for b in range(len(kept[0])):
+        for b in range(len(rounds[0])):
             emitted: list[int] = []
-            for r in range(len(kept)):
-                emitted.extend(drafts[r][b][:kept[r][b]])
-                emitted.append(next_tokens[r][b])
-            results.append((emitted, [kept[r][b] for r in range(len(kept))]))
+            kept_per_round = []
+            for verdict in rounds:
+                *drafts, kept, next_token = verdict[b]
+                emitted.extend(drafts[:kept])
+                emitted.append(next_token)
+                kept_per_round.append(kept)
+            results.append((emitted, kept_per_round))
         return results

@@ -34,7 +34,6 @@ class SyntheticAcceptance:
             num_accepted += 1
         return list(draft_tokens[:num_accepted]) + [stopping[num_accepted]]
 
-    def on_device(self, accepted: torch.Tensor) -> torch.Tensor:
-        """Tests [B, K] for greedy rounds decided on the device: a coin per draft in place of each."""
-        coins = torch.rand(accepted.shape, generator=self._device_coin, device=accepted.device)
-        return coins < self.rate
+    def coins(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Tests of `shape` (rounds decided on the device): a coin per draft in place of the model's test."""
+        return torch.rand(shape, generator=self._device_coin, device=device) < self.rate
