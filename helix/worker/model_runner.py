@@ -35,7 +35,8 @@ from helix.worker.spec_decode.proposal import Proposals, Proposer
 from helix.worker.spec_decode.draft_proposer import DraftModelProposer
 from helix.worker.spec_decode.rejection_sampler import Acceptance, ExactAcceptance, decide_rows
 from helix.worker.spec_decode.round_graphs import RoundGraphs
-from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs, packed_verdict
+from helix.worker.spec_decode.round_kernels import packed_verdict
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
 from helix.worker.token_feed import PositionShift, TokenFeed
 
 

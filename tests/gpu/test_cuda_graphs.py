@@ -295,9 +295,8 @@ def _count_shifted_replays(runner: Any) -> list[int]:
 
 
 @pytest.mark.parametrize("whole_rounds", [True, False])
-@pytest.mark.parametrize("regime,draft,mode", [("ample", "target", "fixed"), ("swap", "target", "fixed"),
-                                               ("ample", "unrelated", "fixed"), ("ample", "unrelated", "adaptive")])
-def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, mode: str, whole_rounds: bool,
+@pytest.mark.parametrize("regime,draft", [("ample", "target"), ("swap", "target"), ("ample", "unrelated")])
+def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, whole_rounds: bool,
                                                  tiny_model_dirs: dict[str, Path], unrelated_draft_dir: Path,
                                                  greedy_prompts: list[list[int]],
                                                  greedy_expected: list[list[int]]) -> None:
@@ -306,11 +305,11 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, mode: 
     two-token pass A and its draft loop, with positions shifted on the device.
     With the target as its own draft and a coin keeping half the drafts, rounds
     start at random offsets while every emitted token is still greedy; with an
-    unrelated draft the verdicts are the model's, and adaptive K chains rounds
-    of several K. Output stays transformers' greedy tokens (fp32), blocks drain."""
+    unrelated draft the verdicts are the model's. Output stays transformers'
+    greedy tokens (fp32), blocks drain."""
     target = tiny_model_dirs["llama"]
     # At most 8 running requests: verify graphs cover batches of up to 16 (larger ones run eagerly).
-    options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode=mode,
+    options: dict[str, Any] = dict(device="cuda", dtype="float32", draft_model=str(target), speculation_mode="fixed",
                                    num_speculative_tokens=3, num_scheduler_steps=4, max_num_seqs=8)
     if draft == "target":
         options["spec_synthetic_acceptance"] = 0.5
@@ -319,7 +318,7 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, mode: 
     llm = run_regime(regime, target, greedy_prompts, greedy_expected, **options)
     runner = llm.engine.runner
     round_graphs = runner.round_graphs
-    assert round_graphs is not None and round_graphs.ks == ((3,) if mode == "fixed" else (1, 2, 3))
+    assert round_graphs is not None and round_graphs.ks == (3,) and round_graphs.replays > 0
     if not whole_rounds:
         runner.round_graphs = None
     whole_replays = round_graphs.replays
@@ -333,6 +332,22 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, mode: 
         assert round_graphs.replays > whole_replays
     else:
         assert verify[0] > 0 and draft_pass[0] > 0 and runner.proposer.loop.replays > loop_replays
+
+
+def test_adaptive_k_chains_whole_round_graphs_of_each_k(tiny_model_dirs: dict[str, Path],
+                                                        greedy_prompts: list[list[int]],
+                                                        greedy_expected: list[list[int]]) -> None:
+    """Adaptive K captures a round graph per K up to K_max and per batch bucket;
+    with the target as its own draft (every draft accepted) its rounds replay
+    them, and the output is transformers' greedy tokens."""
+    target = tiny_model_dirs["llama"]
+    llm = run_regime("ample", target, greedy_prompts, greedy_expected, device="cuda", dtype="float32",
+                     draft_model=str(target), speculation_mode="adaptive", num_speculative_tokens=3,
+                     num_scheduler_steps=4, max_num_seqs=8)
+    round_graphs = llm.engine.runner.round_graphs
+    assert round_graphs is not None and round_graphs.ks == (1, 2, 3)
+    assert {k for _, k, _ in round_graphs.graph_keys} == {1, 2, 3}
+    assert round_graphs.replays > 0, llm.stats()
 
 
 def test_a_shifted_replay_equals_a_replay_staged_where_the_spans_start(tiny_model_dirs: dict[str, Path]) -> None:

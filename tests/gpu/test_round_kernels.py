@@ -67,3 +67,41 @@ def test_advance_matches_the_reference(batch: int, k: int) -> None:
     for got, want in zip(fused, expected):
         assert torch.equal(got.cpu(), want)
     assert expected[0][0] == k
+
+
+@pytest.mark.parametrize("num_seqs,offset,count", [(1, -1, 2), (5, 1, 1), (16, 0, 9), (7, 0, 5)])
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_span_inputs_matches_the_reference(num_seqs: int, offset: int, count: int, block_size: int) -> None:
+    generator = torch.Generator().manual_seed(num_seqs * 100 + count * 10 + block_size)
+    width = 12
+    # Starts that reach past the tables' width: the block index is clamped.
+    start = torch.randint(1, width * block_size + 8, (num_seqs,), generator=generator)
+    live = (torch.rand(num_seqs, generator=generator) < 0.7).to(torch.int64)
+    tables = torch.randint(0, 1000, (num_seqs, width), dtype=torch.int32, generator=generator)
+    expected = round_kernels.span_inputs(start, live, tables, offset, count, block_size)
+    fused = round_kernels.span_inputs(start.cuda(), live.cuda(), tables.cuda(), offset, count, block_size)
+    for got, want in zip(fused, expected):
+        assert got.dtype == want.dtype and torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("batch,k", [(1, 1), (4, 4), (16, 8), (9, 3)])
+@pytest.mark.parametrize("strided_tests", [False, True])
+def test_finish_round_matches_the_reference(batch: int, k: int, strided_tests: bool) -> None:
+    generator = torch.Generator().manual_seed(batch * 10 + k)
+    # Tests may be a slice of a wider buffer (the coins of every round), verdicts rows of a wider one.
+    wide_tests = torch.rand((batch, k + 3 if strided_tests else k), generator=generator) < 0.7
+    wide_tests[0] = True  # every draft kept
+    if batch > 1:
+        wide_tests[1] = False  # none kept
+    drafts = torch.randint(0, 32000, (batch, k), generator=generator)
+    best = torch.randint(0, 32000, (batch, k + 1), generator=generator)
+    state = [torch.randint(0, 32000, (batch,), generator=generator) for _ in range(3)]  # last, before_last, start
+    live = (torch.rand(batch, generator=generator) < 0.8).to(torch.int64)
+    index = torch.tensor([2])
+    wide_verdicts = torch.randint(0, 9, (4, 16 * 10 + 5), generator=generator)
+    on_gpu = [t.cuda() for t in (wide_tests, drafts, best, *state, live, index, wide_verdicts)]
+    round_kernels.finish_round(wide_tests[:, :k], drafts, best, *state, live, index, wide_verdicts[:, :16 * 10])
+    round_kernels.finish_round(on_gpu[0][:, :k], *on_gpu[1:-1], on_gpu[-1][:, :16 * 10])
+    for got, want in zip(on_gpu[3:], (*state, live, index, wide_verdicts)):
+        assert torch.equal(got.cpu(), want)
+    assert wide_verdicts[2, k] == k  # row 0 kept every draft

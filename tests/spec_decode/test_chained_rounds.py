@@ -15,7 +15,8 @@ import torch
 
 from helix import LLM, SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
-from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs, packed_verdict
+from helix.worker.spec_decode.round_kernels import finish_round, packed_verdict, span_inputs
+from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from tests.engine.test_async_scheduling import completions
 from tests.regimes import REGIMES, assert_drained, greedy_rerun_count, run_regime
@@ -129,6 +130,29 @@ def test_chained_verdicts_emit_each_rounds_kept_drafts_then_its_next_token() -> 
     second = packed_verdict(torch.tensor([[10, 11, 12], [20, 21, 22]]), torch.tensor([0, 1]), torch.tensor([3, 8]))
     verdicts = ChainedVerdicts.of([first.unsqueeze(0), second.unsqueeze(0)])
     assert verdicts.per_request() == [([5, 6, 9, 3], [2, 0]), ([1, 2, 3, 4, 20, 8], [3, 1])]
+
+
+def test_span_inputs_place_each_row_from_its_start_and_padding_nowhere() -> None:
+    """A graphed round's pass inputs: rows start at 5 and 9 (block size 4, tables
+    of blocks 100.. and 110..), a padding row at 1 reads and writes nothing."""
+    start, live = torch.tensor([5, 9, 1]), torch.tensor([1, 1, 0])
+    tables = torch.tensor([[100, 101, 102], [110, 111, 112], [0, 0, 0]], dtype=torch.int32)
+    positions, slots, seq_lens = span_inputs(start, live, tables, -1, 2, 4)
+    assert positions.tolist() == [[4, 5], [8, 9], [0, 1]]
+    assert slots.tolist() == [[101 * 4, 101 * 4 + 1], [112 * 4, 112 * 4 + 1], [-1, -1]]
+    assert seq_lens.tolist() == [6, 10, 0] and seq_lens.dtype == torch.int32
+
+
+def test_finish_round_writes_the_verdict_row_and_moves_each_row_past_it() -> None:
+    drafts = torch.tensor([[11, 12, 13], [21, 22, 23], [0, 0, 0]])
+    best = torch.tensor([[11, 18, 13, 14], [27, 0, 0, 0], [5, 5, 5, 5]])
+    last, before_last, start = torch.tensor([10, 20, 0]), torch.tensor([9, 19, 0]), torch.tensor([5, 9, 1])
+    live, index, verdicts = torch.tensor([1, 1, 0]), torch.tensor([1]), torch.zeros((3, 16), dtype=torch.int64)
+    finish_round(drafts == best[:, :-1], drafts, best, last, before_last, start, live, index, verdicts)
+    assert verdicts[1, :10].tolist() == [11, 12, 13, 1, 18, 21, 22, 23, 0, 27]
+    assert not verdicts[0].any() and not verdicts[2].any()
+    assert last.tolist()[:2] == [18, 27] and before_last.tolist()[:2] == [11, 20]
+    assert start.tolist() == [7, 10, 1]
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.7])

@@ -35,8 +35,8 @@ from helix.worker.attention.metadata import AttentionMetadata
 from helix.worker.cuda_graphs import GraphRunner, collection_paused, fill_block_tables
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.spec_decode.draft_loop import greedy_passes
-from helix.worker.spec_decode.round_kernels import advance
-from helix.worker.spec_decode.rounds import RoundInputs, packed_verdict
+from helix.worker.spec_decode.round_kernels import finish_round, span_inputs
+from helix.worker.spec_decode.rounds import RoundInputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ class RoundGraphs:
         self._live = torch.zeros(max_bs, **int64)        # 1 for real rows, 0 for padding
         self._tables = torch.zeros((max_bs, width), dtype=torch.int32, device=device)
         self._index = torch.zeros(1, **int64)            # the replay's index within its multi-step
-        self._offsets = torch.arange(-1, max_k + 1, **int64)
         self._query_start_loc = {q: torch.arange(0, q * (max_bs + 1), q, dtype=torch.int32, device=device)
                                  for q in {1, 2, *(1 + k for k in self.ks)}}
         # Outputs: round r's verdicts, `packed_verdict` rows laid end to end.
@@ -83,6 +82,11 @@ class RoundGraphs:
         self._staged.record()
         self._graphs: dict[tuple[int, int, tuple[int, int, int]], torch.cuda.CUDAGraph] = {}
         self.replays = 0
+
+    @property
+    def graph_keys(self) -> tuple[tuple[int, int, tuple[int, int, int]], ...]:
+        """(batch bucket, K, split factors) of every captured round."""
+        return tuple(self._graphs)
 
     def splits(self, bucket: int, k: int, longest: int) -> tuple[int, int, int]:
         """Split-KV factors of pass A, the draft passes and the verify for a
@@ -115,9 +119,9 @@ class RoundGraphs:
     def _one_round(self, bucket: int, k: int, splits: tuple[int, int, int]) -> None:
         """One round over the static inputs (what a graph holds)."""
         pass_a_splits, loop_splits, verify_splits = splits
-        last, live = self._last[:bucket], self._live[:bucket]
+        last, before_last, live = self._last[:bucket], self._before_last[:bucket], self._live[:bucket]
         # Pass A: the token before the start and the one at it; the second's argmax is draft 0.
-        ids = torch.stack((self._before_last[:bucket], last), dim=1).view(-1)
+        ids = torch.stack((before_last, last), dim=1).view(-1)
         hidden = self.draft(ids, self.draft_cache, self._span(bucket, -1, 2, pass_a_splits))
         drafts = torch.empty((bucket, k), dtype=torch.int64, device=ids.device)
         drafts[:, 0] = self.draft.greedy_tokens(hidden.view(bucket, 2, -1)[:, 1])
@@ -129,27 +133,19 @@ class RoundGraphs:
         best = self.target.greedy_tokens(hidden).view(bucket, 1 + k)
         tests = (self._coins.index_select(0, self._index)[0, :bucket, :k] if self.coin
                  else drafts == best[:, :-1])
-        kept, next_token, before_last, _ = advance(tests, drafts, best, last, torch.zeros_like(last))
-        verdict = packed_verdict(drafts, kept, next_token).view(1, -1)
-        self._verdicts[:, :verdict.shape[1]].index_copy_(0, self._index, verdict)
-        last.copy_(next_token)
-        self._before_last[:bucket].copy_(before_last)
-        self._start[:bucket].add_((kept + 1) * live)
+        finish_round(tests, drafts, best, last, before_last, self._start[:bucket], live, self._index, self._verdicts)
         self._index.add_(1)
 
     def _span(self, bucket: int, offset: int, count: int, splits: int) -> AttentionMetadata:
         """Attention inputs of `count` tokens per row from position start + offset
         (fresh tensors: the draft passes advance theirs in place)."""
-        start, live, tables = self._start[:bucket], self._live[:bucket], self._tables[:bucket]
-        positions = start.unsqueeze(1) + self._offsets[1 + offset:1 + offset + count]  # [bucket, count]
-        blocks = tables.gather(1, (positions // self.block_size).clamp(max=tables.shape[1] - 1))
-        slots = torch.where(live.unsqueeze(1) != 0, blocks * self.block_size + positions % self.block_size, -1)
-        num_tokens = bucket * count
+        tables = self._tables[:bucket]
+        positions, slots, seq_lens = span_inputs(self._start[:bucket], self._live[:bucket], tables, offset, count,
+                                                 self.block_size)
         return AttentionMetadata(
-            positions=positions.view(-1), slot_mapping=slots.view(-1), block_tables=tables,
-            seq_lens=((start + offset + count) * live).to(torch.int32),
+            positions=positions.view(-1), slot_mapping=slots.view(-1), block_tables=tables, seq_lens=seq_lens,
             query_start_loc=self._query_start_loc[count][:bucket + 1], seq_lens_host=(0,) * bucket,
-            query_start_loc_host=tuple(range(0, num_tokens + 1, count)), block_size=self.block_size,
+            query_start_loc_host=tuple(range(0, bucket * count + 1, count)), block_size=self.block_size,
             num_splits=splits)
 
     # -- replay ----------------------------------------------------------------------

@@ -48,12 +48,6 @@ class RoundInputs:
                                              PositionShift(by, self.shift.most + drafts.shape[1]))
 
 
-def packed_verdict(drafts: torch.Tensor, kept: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
-    """One round's verdict as one row per request [B, K + 2]: the drafts [B, K],
-    how many were kept [B], the token after them [B]."""
-    return torch.cat((drafts, kept.unsqueeze(1), next_token.unsqueeze(1)), dim=1)
-
-
 @dataclass(frozen=True)
 class ChainedVerdicts:
     """Every round's verdicts [R, B, K + 2] (`packed_verdict` rows), on their way to the host."""
