@@ -64,7 +64,9 @@ class EngineCore:
         self.graphs = None if args.enforce_eager else DecodeGraphSpec(
             args.max_num_seqs, self.max_model_len,
             1 + self.speculation.num_speculative_tokens if self.speculation.enabled else 1,
-            self.speculation.ks if draft is not None else (), args.num_scheduler_steps)
+            # Fixed K too takes every K up to K_max: a request's limit may cap it.
+            tuple(range(1, self.speculation.num_speculative_tokens + 1)) if draft is not None else (),
+            args.num_scheduler_steps)
         proposer = self._proposer(draft, num_gpu_blocks, num_cpu_blocks)
         self.runner = ModelRunner(model, num_gpu_blocks, num_cpu_blocks, args.block_size, self.device,
                                   self.dtype, args.seed, proposer, self.graphs, self._acceptance())

@@ -124,15 +124,6 @@ class SpeculationConfig:
     def enabled(self) -> bool:
         return self.method is not None and self.num_speculative_tokens > 0
 
-    @property
-    def ks(self) -> tuple[int, ...]:
-        """The K values speculative steps choose: any up to K_max when adaptive;
-        K_max when fixed (less only where a request's limit caps it)."""
-        if not self.enabled:
-            return ()
-        k_max = self.num_speculative_tokens
-        return tuple(range(1, k_max + 1)) if self.mode == "adaptive" else (k_max,)
-
 
 def batch_class(num_decoding: int) -> int:
     """The number of decoding requests rounded up to a power of two: steps of

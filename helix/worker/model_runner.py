@@ -121,7 +121,7 @@ class ModelRunner:
             return None
         coin = self.accept.coins((0,), self.device) is not None  # an empty draw: whether tests are coins
         graphs = RoundGraphs(self.model, self.kv_cache, self.graphs, proposer.model, proposer.kv_cache,
-                             proposer.graphs, self.block_size, spec.round_ks, spec.max_rounds - 1, coin)
+                             proposer.graphs, self.block_size, spec.round_ks, spec.max_rounds, coin)
         graphs.capture()
         return graphs
 
@@ -166,34 +166,20 @@ class ModelRunner:
 
     def _launch_rounds(self, scheduled: list[ScheduledRequest]) -> Callable[[], ModelOutput]:
         """Chained speculative rounds (every request: the same K, the same number of
-        rounds, greedy; see `rounds`). Round 0 is an ordinary verify; each later
-        round drafts and verifies from where the one before stopped, on the device."""
+        rounds, greedy; see `rounds`), each drafting and verifying from where the
+        one before stopped, on the device. Where the draft model lags the target
+        by at most one token (after a chained step), every round replays a
+        round graph; otherwise round 0 is an ordinary verify, whose draft pass
+        catches up, and the later rounds replay round graphs, or run pass by pass
+        where no graph covers them."""
         assert isinstance(self.proposer, DraftModelProposer)
         self._last_sampled = []
         k, num_rounds, num_seqs = scheduled[0].num_spec_tokens, scheduled[0].num_steps, len(scheduled)
-        proposals = self.proposer.propose(scheduled, self._row_for)
-        first_drafts = torch.stack([rows.token_ids for rows in proposals.on_device], dim=1)  # [B, K]
-        hidden, _ = self._forward(scheduled, proposals)
-        known = [item.request.token_ids(item.start, item.start + 1)[0] for item in scheduled]
         coins = self.accept.coins((num_rounds, num_seqs, k), self.device)  # [R, B, K]; None: the argmax tests
-        verdict, inputs = self._decide_round(hidden, first_drafts, RoundInputs.first(
-            to_device(known, torch.int64, self.device)), None if coins is None else coins[0])
-        verdicts = [verdict.unsqueeze(0)]
-        replayed = None if self.round_graphs is None else self.round_graphs.run(
-            [item.start for item in scheduled], [item.block_table for item in scheduled], k, num_rounds - 1,
-            inputs, None if coins is None else coins[1:])
-        if replayed is not None:
-            verdicts.append(replayed)
-        every = tuple(range(num_seqs))
-        for r in range(1, num_rounds if replayed is None else 1):  # round by round where no graph covers them
-            positions = [item.start + r for item in scheduled]  # the lowest start: a token per round before
-            drafts = self.proposer.propose_round(scheduled, positions, inputs)
-            spans = [SequenceSpan(item.block_table, position, 1 + k) for item, position in zip(scheduled, positions)]
-            feeds = [TokenFeed(every, inputs.last, every)] + [
-                TokenFeed(every, drafts[:, d], every, offset=1 + d) for d in range(k)]
-            hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
-            verdict, inputs = self._decide_round(hidden, drafts, inputs, None if coins is None else coins[r])
-            verdicts.append(verdict.unsqueeze(0))
+        verdicts = self._graphed_rounds(scheduled, coins)
+        if verdicts is None:
+            verdict, inputs = self._first_round(scheduled, coins)
+            verdicts = [verdict.unsqueeze(0), *self._later_rounds(scheduled, inputs, coins)]
         chained = ChainedVerdicts.of(verdicts)
 
         @torch.inference_mode()
@@ -209,6 +195,60 @@ class ModelRunner:
             return output
 
         return finish
+
+    def _graphed_rounds(self, scheduled: list[ScheduledRequest], coins: torch.Tensor | None
+                        ) -> list[torch.Tensor] | None:
+        """Every round's verdicts [R, B, K + 2] from round graphs, where the draft's
+        cache lacks at most each request's last token (round graphs rewrite the
+        token before their start and write the one at it); else None."""
+        if self.round_graphs is None or not all(item.request.num_draft_computed_tokens >= item.start - 1 >= 0
+                                                for item in scheduled):
+            return None
+        known = to_device([item.request.token_ids(item.start - 1, item.start + 1) for item in scheduled],
+                          torch.int64, self.device)  # [B, 2]: the tokens before and at each start
+        replayed = self.round_graphs.run([item.start for item in scheduled], [item.block_table for item in scheduled],
+                                         scheduled[0].num_spec_tokens, scheduled[0].num_steps,
+                                         _chained_reach(scheduled), known[:, 1], known[:, 0], None, coins)
+        return None if replayed is None else [replayed]
+
+    def _later_rounds(self, scheduled: list[ScheduledRequest], inputs: RoundInputs, coins: torch.Tensor | None
+                      ) -> list[torch.Tensor]:
+        """Rounds 1 .. R - 1 after an ordinary round 0, which left `inputs`: their
+        verdicts, from round graphs where they cover the step, else pass by pass."""
+        replayed = None if self.round_graphs is None else self.round_graphs.run(
+            [item.start + 1 for item in scheduled], [item.block_table for item in scheduled],
+            scheduled[0].num_spec_tokens, scheduled[0].num_steps - 1, _chained_reach(scheduled), inputs.last,
+            inputs.before_last, inputs.shift.by, None if coins is None else coins[1:])
+        return [replayed] if replayed is not None else self._rounds_pass_by_pass(scheduled, inputs, coins)
+
+    def _first_round(self, scheduled: list[ScheduledRequest], coins: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, RoundInputs]:
+        """Round 0 as an ordinary verify: its verdict and round 1's inputs."""
+        proposals = self.proposer.propose(scheduled, self._row_for)
+        drafts = torch.stack([rows.token_ids for rows in proposals.on_device], dim=1)  # [B, K]
+        hidden, _ = self._forward(scheduled, proposals)
+        known = to_device([item.request.token_ids(item.start, item.start + 1)[0] for item in scheduled], torch.int64,
+                          self.device)
+        return self._decide_round(hidden, drafts, RoundInputs.first(known), None if coins is None else coins[0])
+
+    def _rounds_pass_by_pass(self, scheduled: list[ScheduledRequest], inputs: RoundInputs,
+                             coins: torch.Tensor | None) -> list[torch.Tensor]:
+        """Rounds 1 .. R - 1, each pass launched on its own (eager, or the passes'
+        graphs with positions shifted on the device): their verdicts [1, B, K + 2]."""
+        assert isinstance(self.proposer, DraftModelProposer)
+        k, num_seqs = scheduled[0].num_spec_tokens, len(scheduled)
+        every = tuple(range(num_seqs))
+        verdicts = []
+        for r in range(1, scheduled[0].num_steps):
+            positions = [item.start + r for item in scheduled]  # the lowest start: a token per round before
+            drafts = self.proposer.propose_round(scheduled, positions, inputs)
+            spans = [SequenceSpan(item.block_table, position, 1 + k) for item, position in zip(scheduled, positions)]
+            feeds = [TokenFeed(every, inputs.last, every)] + [
+                TokenFeed(every, drafts[:, d], every, offset=1 + d) for d in range(k)]
+            hidden, _ = self._run_spans(spans, [0] * num_seqs * (1 + k), feeds, inputs.shift)
+            verdict, inputs = self._decide_round(hidden, drafts, inputs, None if coins is None else coins[r])
+            verdicts.append(verdict.unsqueeze(0))
+        return verdicts
 
     def _decide_round(self, hidden: torch.Tensor, drafts: torch.Tensor, inputs: RoundInputs,
                       coins: torch.Tensor | None) -> tuple[torch.Tensor, RoundInputs]:
@@ -466,6 +506,12 @@ class ModelRunner:
         for request_id in request_ids:
             self._request_generators.pop(request_id, None)
             self._rows.pop(request_id, None)
+
+
+def _chained_reach(scheduled: list[ScheduledRequest]) -> int:
+    """The longest context chained rounds can reach: each round emits at most
+    1 + K tokens (the scheduler reserved slots that far)."""
+    return max(item.start for item in scheduled) + scheduled[0].num_steps * (1 + scheduled[0].num_spec_tokens)
 
 
 def _finish_prompt_logprobs(pending: list[_PendingPromptLogprobs], output: ModelOutput) -> None:

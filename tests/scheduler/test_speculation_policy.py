@@ -173,12 +173,6 @@ def test_seeded_requests_keep_k_max_and_limits_cap_every_k() -> None:
     assert fixed_choices == {seeded: K_MAX, plain: K_MAX, short: 1}
 
 
-def test_adaptive_mode_may_choose_any_k_and_fixed_mode_k_max() -> None:
-    assert SpeculationConfig(method="draft", num_speculative_tokens=3).ks == (1, 2, 3)
-    assert SpeculationConfig(method="draft", num_speculative_tokens=3, mode="fixed").ks == (3,)
-    assert SpeculationConfig(method=None).ks == ()
-
-
 def test_fixed_mode_ignores_measurements() -> None:
     spec = policy("fixed")
     assert run(spec, batch(8), 20, cost=lambda k: 10.0 * (1 + k)) == [K_MAX] * 20

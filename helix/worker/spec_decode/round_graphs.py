@@ -36,7 +36,6 @@ from helix.worker.cuda_graphs import GraphRunner, collection_paused, fill_block_
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.spec_decode.draft_loop import greedy_passes
 from helix.worker.spec_decode.round_kernels import finish_round, span_inputs
-from helix.worker.spec_decode.rounds import RoundInputs
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +148,17 @@ class RoundGraphs:
             num_splits=splits)
 
     # -- replay ----------------------------------------------------------------------
-    def run(self, starts: Sequence[int], tables: Sequence[Sequence[int]], k: int, num_rounds: int,
-            inputs: RoundInputs, coins: torch.Tensor | None) -> torch.Tensor | None:
-        """Rounds 1 .. num_rounds of a chained multi-step whose round 0 starts at
-        `starts` and left `inputs`; the tables cover every position the rounds
-        can reach (start + (num_rounds + 1) * (1 + k)). Returns their verdicts
-        [num_rounds, B, K + 2] (valid until the next run), or None where no
-        graph covers the step. `coins` [num_rounds, B, K]: the tests, in coin mode."""
+    def run(self, starts: Sequence[int], tables: Sequence[Sequence[int]], k: int, num_rounds: int, longest: int,
+            last: torch.Tensor, before_last: torch.Tensor, shift: torch.Tensor | None,
+            coins: torch.Tensor | None) -> torch.Tensor | None:
+        """`num_rounds` rounds of K drafts for B sequences, chained: the first starts
+        at `starts` (plus `shift` [B], where given, on the device), at tokens
+        `last` [B] with `before_last` [B] before them (the draft's cache holds
+        every position before those). No context reaches past `longest`, and the
+        tables cover it. Returns the verdicts [num_rounds, B, K + 2] (valid until
+        the next run), or None where no graph covers the step. `coins`
+        [num_rounds, B, K]: the tests, in coin mode."""
         num_seqs = len(starts)
-        longest = max(starts) + (num_rounds + 1) * (1 + k)
         if (k not in self.ks or num_seqs > self.buckets[-1] or not 0 < num_rounds <= self.max_rounds
                 or longest > self.max_model_len or (coins is not None) != self.coin):
             return None
@@ -165,10 +166,11 @@ class RoundGraphs:
         graph = self._graphs.get((bucket, k, self.splits(bucket, k, longest)))
         if graph is None:
             return None
-        self._stage(bucket, [start + 1 for start in starts], tables)  # round 1's lowest start
-        self._start[:num_seqs].add_(inputs.shift.by)
-        self._last[:num_seqs].copy_(inputs.last)
-        self._before_last[:num_seqs].copy_(inputs.before_last)
+        self._stage(bucket, starts, tables)
+        if shift is not None:
+            self._start[:num_seqs].add_(shift)
+        self._last[:num_seqs].copy_(last)
+        self._before_last[:num_seqs].copy_(before_last)
         if coins is not None:
             self._coins[:num_rounds, :num_seqs, :k].copy_(coins)
         self._index.zero_()
