@@ -1,6 +1,8 @@
 """Where the device waits during batch-1 decoding: the suite's (a)/(b) setting
 (prompt 128, greedy new tokens, synthetic acceptance for speculation), timed
-untraced a few times, then once under a CUDA-activity trace. The trace gives
+untraced a few times (with the Triton compiles each generation set off: a
+compile mid-generation is a stall of tens of milliseconds or more), then
+once under a CUDA-activity trace. The trace gives
 the device's busy time against the window, its idle gaps by length, the
 kernel pairs around the longest gaps (what the device finished, what it
 waited for), and the kernels by total time. A gap before a kernel is time
@@ -89,6 +91,7 @@ def main() -> None:
 
     from benchmarks.suite import helix_offline
     from helix import SamplingParams
+    from helix.worker.warm_up import record_compiles
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tinyllama-1.1b")
@@ -108,19 +111,28 @@ def main() -> None:
     prompt = [[(13 * j + 5) % 30000 + 1 for j in range(128)]]
     params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)
 
-    def timed() -> float:
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        llm.generate(prompt, params, use_tqdm=False)
-        torch.cuda.synchronize()
-        return time.perf_counter() - started
+    def timed(compiles: list[str]) -> float:
+        undo = record_compiles(compiles)
+        try:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            llm.generate(prompt, params, use_tqdm=False)
+            torch.cuda.synchronize()
+            return time.perf_counter() - started
+        finally:
+            undo()
 
-    timed()  # warm-up
-    walls = [timed() for _ in range(args.reps)]
+    timed([])  # warm-up
+    compiles: list[list[str]] = [[] for _ in range(args.reps)]
+    walls = [timed(compiled) for compiled in compiles]
     print(f"{args.model} {options}: untraced {' '.join(f'{w * 1e3:.1f}' for w in walls)} ms for "
-          f"{args.new_tokens} tokens ({args.new_tokens / min(walls):.0f} tok/s at best)")
+          f"{args.new_tokens} tokens ({args.new_tokens / min(walls):.0f} tok/s at best); Triton compiles per "
+          f"generation {[len(compiled) for compiled in compiles]}")
+    for compiled in compiles:
+        for kernel in compiled:
+            print(f"  compiled mid-generation: {kernel[:120]}")
     with profile(activities=[ProfilerActivity.CUDA]) as traced:
-        wall = timed()
+        wall = timed([])
     activities = [Activity(event.name, event.time_range.start, event.time_range.end) for event in traced.events()
                   if event.device_type.name == "CUDA"]
     print(f"traced: {wall * 1e3:.1f} ms wall")
