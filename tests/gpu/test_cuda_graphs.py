@@ -348,6 +348,39 @@ def test_chained_rounds_with_graphs_equal_greedy(regime: str, draft: str, whole_
         assert verify[0] > 0 and draft_pass[0] > 0 and runner.proposer.loop.replays > loop_replays
 
 
+@pytest.mark.parametrize("max_tokens", [8, 11])
+def test_requests_near_max_tokens_chain_graphed_rounds_of_a_capped_k(max_tokens: int,
+                                                                      tiny_model_dirs: dict[str, Path],
+                                                                      greedy_prompts: list[list[int]],
+                                                                      greedy_expected: list[list[int]]) -> None:
+    """Fixed K = 4: a request a few tokens from max_tokens verifies fewer drafts,
+    and its chained steps still replay round graphs, never rounds launched pass
+    by pass (whose kernels would compile variants mid-generation). A coin that
+    rejects every draft makes each round emit one token, so the steps are known:
+    for 8 tokens, the prefill's one, 4 rounds of K = 4, then 3 rounds of K = 2
+    (a verify emits up to K + 1 tokens)."""
+    target = tiny_model_dirs["llama"]
+    llm = LLM(str(target), device="cuda", dtype="float32", block_size=4, check_invariants=True,
+              draft_model=str(target), speculation_mode="fixed", num_speculative_tokens=4, num_scheduler_steps=4,
+              max_num_seqs=8, spec_synthetic_acceptance=0.0)
+    runner = llm.engine.runner
+    pass_by_pass = _count_calls(runner, "_rounds_pass_by_pass")
+    chained_ks: list[int] = []
+    launch_rounds = runner._launch_rounds
+
+    def recording(scheduled: Any) -> Any:
+        chained_ks.append(scheduled[0].num_spec_tokens)
+        return launch_rounds(scheduled)
+
+    runner._launch_rounds = recording
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outputs = llm.generate(greedy_prompts[:3], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == [tokens[:max_tokens] for tokens in greedy_expected[:3]]
+    assert_drained(llm)
+    assert 4 in chained_ks and min(chained_ks) < 4, chained_ks
+    assert pass_by_pass[0] == 0 and runner.round_graphs.replays > 0
+
+
 def test_adaptive_k_chains_whole_round_graphs_of_each_k(tiny_model_dirs: dict[str, Path],
                                                         greedy_prompts: list[list[int]],
                                                         greedy_expected: list[list[int]]) -> None:
