@@ -42,7 +42,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -51,6 +51,7 @@ from helix.worker.models import LlamaForCausalLM
 from helix.worker.token_feed import PositionShift, TokenFeed
 
 logger = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Verification (q > 1) pays off at small batches; larger ones run eagerly.
@@ -99,6 +100,19 @@ def collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def warmed_capture(run: Callable[[], Result], pool: Any, device: torch.device | None = None
+                   ) -> tuple[torch.cuda.CUDAGraph, Result]:
+    """Run `run` once (Triton compiles its kernels; its static inputs must be
+    padding that writes nothing), then capture a second run into a graph that
+    allocates from `pool`. Returns the graph and the captured run's result."""
+    run()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        result = run()
+    return graph, result
 
 
 def capture_graphs(model: LlamaForCausalLM, kv_cache: torch.Tensor, block_size: int,
@@ -215,12 +229,8 @@ class GraphRunner:
                 input_ids = self._tokens[0, :bucket * query_len]
                 for splits in self.split_choices(bucket, query_len):
                     meta = self._static_meta(bucket, query_len, splits)
-                    self.model(input_ids, self.kv_cache, meta)  # compiles kernels; pads write nothing
-                    torch.cuda.synchronize(self.device)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self._pool):
-                        hidden = self.model(input_ids, self.kv_cache, meta)
-                    self._graphs[(bucket, query_len, splits)] = (graph, hidden)
+                    self._graphs[(bucket, query_len, splits)] = warmed_capture(
+                        functools.partial(self.model, input_ids, self.kv_cache, meta), self._pool, self.device)
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
         logger.info("captured %d CUDA graphs of the %s forward (query lengths %s; batch sizes %s) in %.2f s, "

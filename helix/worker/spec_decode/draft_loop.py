@@ -21,6 +21,7 @@ whole sampler); others take the per-pass path.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import time
 from typing import Sequence
@@ -28,7 +29,8 @@ from typing import Sequence
 import torch
 
 from helix.worker.attention.metadata import AttentionMetadata
-from helix.worker.cuda_graphs import MAX_VERIFY_BUCKET, GraphRunner, collection_paused, fill_block_tables
+from helix.worker.cuda_graphs import (MAX_VERIFY_BUCKET, GraphRunner, collection_paused, fill_block_tables,
+                                     warmed_capture)
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.spec_decode import loop_step
 from helix.worker.token_feed import PositionShift
@@ -90,13 +92,9 @@ class DraftLoopGraphs:
         with collection_paused():
             for bucket in reversed(self.buckets):
                 for depth in range(self.max_depth, 0, -1):
-                    for splits in self.passes.split_choices(bucket, 1):
-                        self._passes(bucket, depth, splits)  # compiles kernels; padding rows write nothing
-                        torch.cuda.synchronize()
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph, pool=self.passes.memory_pool):
-                            self._passes(bucket, depth, splits)
-                        self._graphs[(bucket, depth, splits)] = graph
+                    for splits in self.passes.split_choices(bucket, 1):  # padding rows write nothing
+                        self._graphs[(bucket, depth, splits)] = warmed_capture(
+                            functools.partial(self._passes, bucket, depth, splits), self.passes.memory_pool)[0]
         torch.cuda.synchronize()
         logger.info("captured %d CUDA graphs of up to %d greedy draft passes (batch sizes %s) in %.2f s",
                     len(self._graphs), self.max_depth, ",".join(map(str, self.buckets)),

@@ -25,6 +25,7 @@ the argmax test with tests drawn before the replays.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import time
 from typing import Sequence
@@ -32,7 +33,7 @@ from typing import Sequence
 import torch
 
 from helix.worker.attention.metadata import AttentionMetadata
-from helix.worker.cuda_graphs import GraphRunner, collection_paused, fill_block_tables
+from helix.worker.cuda_graphs import GraphRunner, collection_paused, fill_block_tables, warmed_capture
 from helix.worker.models import LlamaForCausalLM
 from helix.worker.spec_decode.draft_loop import greedy_passes
 from helix.worker.spec_decode.round_kernels import finish_round, span_inputs
@@ -102,13 +103,9 @@ class RoundGraphs:
             for bucket in reversed(self.buckets):
                 for k in self.ks:
                     for splits in sorted({self.splits(bucket, k, longest) for longest in contexts}, reverse=True):
-                        self._index.zero_()  # the warm-up round writes verdict row 0
-                        self._one_round(bucket, k, splits)  # compiles kernels; padding rows write nothing
-                        torch.cuda.synchronize()
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph, pool=self.target_passes.memory_pool):
-                            self._one_round(bucket, k, splits)
-                        self._graphs[(bucket, k, splits)] = graph
+                        self._index.zero_()  # the warm-up round writes verdict row 0; padding rows write nothing
+                        self._graphs[(bucket, k, splits)] = warmed_capture(
+                            functools.partial(self._one_round, bucket, k, splits), self.target_passes.memory_pool)[0]
         self._index.zero_()
         torch.cuda.synchronize()
         logger.info("captured %d CUDA graphs of chained speculative rounds (K %s; batch sizes %s) in %.2f s",
