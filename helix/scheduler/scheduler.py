@@ -220,11 +220,14 @@ class Scheduler:
         """The same number of rounds for every request (the device advances them in
         lockstep), up to num_scheduler_steps: as many as max_tokens (each round
         emits at least one token), max_model_len and free blocks allow every
-        request, slots reserved for the most they can emit (all drafts accepted)."""
-        per_round = 1 + scheduled[0].num_spec_tokens
+        request, and no more than the longest is expected to need (a round
+        past a request's last token runs all the same), slots reserved for the
+        most they can emit (all drafts accepted)."""
+        k = scheduled[0].num_spec_tokens
+        per_round = 1 + k
         num_rounds = min(min(item.request.max_tokens - len(item.request.output_token_ids),
                              (self.config.max_model_len - item.start) // per_round) for item in scheduled)
-        num_rounds = min(num_rounds, self.config.num_scheduler_steps)
+        num_rounds = min(num_rounds, self.config.num_scheduler_steps, self._rounds_expected(scheduled, k))
         # Slots grown for earlier requests when a later one cannot grow are given back
         # after the step, with its rejected drafts.
         if num_rounds < 2 or not all(self.kv.grow(item.request, item.start + num_rounds * per_round)
@@ -232,6 +235,14 @@ class Scheduler:
             return scheduled
         return [replace(item, block_table=tuple(self.kv.block_table(item.request.request_id)), num_steps=num_rounds)
                 for item in scheduled]
+
+    def _rounds_expected(self, items: list[ScheduledRequest], k: int) -> int:
+        """The most rounds of K drafts any of the items' requests is expected to
+        need for the rest of its max_tokens (from its output so far)."""
+        assert self.speculation is not None  # chained rounds come with a draft model
+        return max(self.speculation.rounds_needed(item.request, k,
+                                                  item.request.max_tokens - len(item.request.output_token_ids))
+                   for item in items)
 
     def _speculation_choices(self, queue: list[Request]) -> tuple[dict[Request, int], StepPlan | None]:
         """K per decoding request, and the step's plan (None without speculation)."""

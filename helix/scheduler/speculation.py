@@ -71,6 +71,7 @@ only on the request, never on the batch or the clock.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -181,6 +182,16 @@ class SpeculationPolicy:
         verifies alone are too noisy to stop speculating on."""
         prior = (self._accepted + _PRIOR_ACCEPTED) / (self._trials + _PRIOR_TRIALS)
         return (request.spec_accepted_ema + _PRIOR_TRIALS * prior) / (request.spec_trials_ema + _PRIOR_TRIALS)
+
+    def rounds_needed(self, request: Request, k: int, remaining: int) -> int:
+        """The verifies of K drafts `request` is expected to take for `remaining`
+        more tokens, at E(a, K) tokens each (a: its acceptance estimate); at
+        least one while any remain."""
+        if remaining <= 0:
+            return 0
+        a = self.acceptance_rate(request)
+        per_round = sum(a ** j for j in range(k + 1))
+        return max(1, math.ceil(remaining / per_round - 1e-9))
 
     # -- deciding ------------------------------------------------------------------
     def plan(self, decoding: Decoding) -> int:

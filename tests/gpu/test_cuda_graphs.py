@@ -356,13 +356,12 @@ def test_requests_near_max_tokens_chain_graphed_rounds_of_a_capped_k(max_tokens:
     """Fixed K = 4: a request a few tokens from max_tokens verifies fewer drafts,
     and its chained steps still replay round graphs, never rounds launched pass
     by pass (whose kernels would compile variants mid-generation). A coin that
-    rejects every draft makes each round emit one token, so the steps are known:
-    for 8 tokens, the prefill's one, 4 rounds of K = 4, then 3 rounds of K = 2
-    (a verify emits up to K + 1 tokens)."""
+    rejects every draft makes each round emit one token, so the last chained
+    steps have fewer tokens left than K + 1 and verify a capped K."""
     target = tiny_model_dirs["llama"]
     llm = LLM(str(target), device="cuda", dtype="float32", block_size=4, check_invariants=True,
               draft_model=str(target), speculation_mode="fixed", num_speculative_tokens=4, num_scheduler_steps=4,
-              max_num_seqs=8, spec_synthetic_acceptance=0.0)
+              max_num_seqs=8, num_kv_blocks=256, spec_synthetic_acceptance=0.0)
     runner = llm.engine.runner
     pass_by_pass = _count_calls(runner, "_rounds_pass_by_pass")
     chained_ks: list[int] = []

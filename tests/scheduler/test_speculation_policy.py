@@ -273,6 +273,21 @@ def test_batch_tokens_sum_each_requests_expected_tokens_within_its_limit() -> No
         assert abs(tokens[k] - want) < 1e-9
 
 
+@pytest.mark.parametrize("accepted,trials,k,remaining", [(0, 0, 4, 10), (9, 10, 3, 11), (1, 9, 4, 5),
+                                                         (0, 0, 2, 1), (5, 5, 4, 0)])
+def test_rounds_needed_cover_the_remaining_tokens_at_the_expected_rate(accepted: float, trials: float, k: int,
+                                                                       remaining: int) -> None:
+    spec = policy("fixed")
+    item = request()
+    item.spec_accepted_ema, item.spec_trials_ema = accepted, trials
+    per_round = expected_tokens(spec.acceptance_rate(item), k)
+    rounds = spec.rounds_needed(item, k, remaining)
+    if remaining == 0:
+        assert rounds == 0
+    else:
+        assert (rounds - 1) * per_round < remaining <= rounds * per_round
+
+
 def test_a_multi_step_is_measured_per_position(tiny_model_dirs: dict[str, Path]) -> None:
     """Plain decoding in multi-steps of 4 costs a quarter of the multi-step's
     period per token: that is what K = 0 is priced at."""

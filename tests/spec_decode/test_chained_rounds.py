@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from helix import LLM, SamplingParams
 from helix.scheduler.outputs import SchedulerOutput
@@ -19,6 +20,7 @@ from helix.worker.spec_decode.round_kernels import finish_round, packed_verdict,
 from helix.worker.spec_decode.rounds import ChainedVerdicts, RoundInputs
 from helix.worker.spec_decode.synthetic import SyntheticAcceptance
 from tests.engine.test_async_scheduling import completions
+from tests.reference import hf_greedy
 from tests.regimes import REGIMES, assert_drained, greedy_rerun_count, run_regime
 
 K = 3
@@ -94,6 +96,31 @@ def test_stop_tokens_and_max_tokens_inside_chained_rounds(max_tokens: int, tiny_
     assert sum(o.outputs[0].finish_reason == "stop" for o in chained) >= 8
     assert sum(o.outputs[0].finish_reason == "length" for o in chained) > 0
     assert num_chained > 0
+
+
+def test_chained_steps_launch_no_rounds_past_what_a_request_is_expected_to_need(
+        tiny_model_dirs: dict[str, Path], greedy_prompts: list[list[int]]) -> None:
+    """A round past a request's last token runs all the same on the device, so a
+    chained step takes no more rounds than the request's acceptance says it
+    needs. With the target as its own draft every round emits K + 1 = 4 tokens:
+    of the 26 after the prefill's, the first step's 4 rounds (num_scheduler_steps)
+    emit 16, and the 10 left take 3 rounds, not the 4 that max_tokens allows."""
+    target = tiny_model_dirs["llama"]
+    llm = LLM(str(target), check_invariants=True, num_kv_blocks=256, block_size=4, **spec_options(target))
+    rounds: list[int] = []
+    launch = llm.engine.runner.launch
+
+    def recording(step: SchedulerOutput) -> Any:
+        rounds.extend(item.num_steps for item in step.scheduled if item.num_spec_tokens)
+        return launch(step)
+
+    llm.engine.runner.launch = recording
+    params = SamplingParams(temperature=0.0, max_tokens=27, ignore_eos=True)
+    outputs = llm.generate(greedy_prompts[:1], params, use_tqdm=False)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    assert outputs[0].outputs[0].token_ids == hf_greedy(model, greedy_prompts[0], 27)
+    assert_drained(llm)
+    assert rounds == [4, 3]
 
 
 def test_logprobs_and_sampled_requests_are_not_chained(tiny_model_dirs: dict[str, Path],
