@@ -123,6 +123,35 @@ def test_chained_steps_launch_no_rounds_past_what_a_request_is_expected_to_need(
     assert rounds == [4, 3]
 
 
+def test_a_batch_chains_the_rounds_its_neediest_request_is_expected_to_need(
+        tiny_model_dirs: dict[str, Path], greedy_prompts: list[list[int]],
+        greedy_expected: list[list[int]]) -> None:
+    """Requests of a chained step advance in lockstep, so the step takes the rounds
+    the request with the most tokens left is expected to need, within what the
+    one with the fewest allows (a token a round). After the prefill, 12 and 7
+    tokens are left; at the prior acceptance (a = 0.75 before any verify) a
+    round of K = 3 emits E = 1 + a + a^2 + a^3 = 2.73 tokens, so the first
+    request is expected to need 5 rounds and the second 3: the step takes 5,
+    not the 7 its shorter request allows nor the 8 of num_scheduler_steps."""
+    target = tiny_model_dirs["llama"]
+    llm = LLM(str(target), check_invariants=True, num_kv_blocks=256, block_size=4, draft_model=str(target),
+              num_speculative_tokens=K, speculation_mode="fixed", num_scheduler_steps=8)
+    rounds: list[int] = []
+    launch = llm.engine.runner.launch
+
+    def recording(step: SchedulerOutput) -> Any:
+        rounds.extend(item.num_steps for item in step.scheduled[:1] if item.num_spec_tokens)
+        return launch(step)
+
+    llm.engine.runner.launch = recording
+    lengths = [13, 8]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
+    outputs = llm.generate(greedy_prompts[:2], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == [greedy_expected[i][:n] for i, n in enumerate(lengths)]
+    assert_drained(llm)
+    assert rounds[0] == 5
+
+
 def test_logprobs_and_sampled_requests_are_not_chained(tiny_model_dirs: dict[str, Path],
                                                        greedy_prompts: list[list[int]]) -> None:
     target = tiny_model_dirs["llama"]
