@@ -344,6 +344,7 @@ class EngineCore:
             "spec_accepted_tokens": counters.num_accepted_tokens,
             "acceptance_rate": counters.acceptance_rate,
             "mean_accepted_length": counters.mean_accepted_length,
+            "spec_rounds_past_stop": counters.rounds_past_stop,
             "spec_synthetic_acceptance": self.args.spec_synthetic_acceptance or 0.0,
             **per_position,
             **steps,

@@ -70,6 +70,9 @@ def decode_rate(model: str, options: dict[str, Any], prompt_len: int, new_tokens
         "prefill_ms": first * 1e3,
         "acceptance_rate": stats["acceptance_rate"],
         "mean_accepted_length": stats["mean_accepted_length"],
+        # chained rounds that ran after the request's last token, per generation of new_tokens
+        # (the warm-up and the timed ones; the one-token generations chain nothing)
+        "rounds_past_stop_per_generation": stats["spec_rounds_past_stop"] / (1 + repeats),
         # speculation: steps run at each K, and the adaptive policy's step-period estimates
         "policy": {key: value for key, value in stats.items()
                    if key.startswith(("spec_steps_k_", "spec_step_seconds_class_"))},

@@ -166,18 +166,28 @@ def _hf_rate(entry: Any) -> str:
     return f"{entry['decode_tok_s']:.0f}"
 
 
+def _past_stop(run: dict[str, Any]) -> str:
+    """Chained rounds a generation ran after its last token (runs from before the count: n/a)."""
+    value = run.get("rounds_past_stop_per_generation")
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _spec_md(section: Any) -> list[str]:
     if not _ok(section):
         return _failed("(b) Batch-1 speculative decoding", section)
     lines = ["## (b) Batch-1 speculative decoding", "",
-             "Same prompt and length as (a); decode tok/s excludes the prefill.", "",
-             "| target + draft | mode | a | decode tok/s | tokens per verify |", "| --- | --- | --- | --- | --- |"]
+             "Same prompt and length as (a); decode tok/s excludes the prefill. Rounds past the last token: "
+             "chained rounds a generation ran after its request had all its tokens (their tokens are dropped), "
+             "per generation.", "",
+             "| target + draft | mode | a | decode tok/s | tokens per verify | rounds past the last token |",
+             "| --- | --- | --- | --- | --- | --- |"]
     adaptive = []
     for name, entry in section.items():
         for run in entry["runs"]:
             steps_note = ", num_scheduler_steps=1" if run.get("num_scheduler_steps") == 1 else ""
             lines.append(f"| {name}: {entry['target']} + {entry['draft']} | {run['mode']} K={run['k']}{steps_note} | "
-                         f"{run['acceptance']} | {run['decode_tok_s']:.0f} | {run['mean_accepted_length']:.2f} |")
+                         f"{run['acceptance']} | {run['decode_tok_s']:.0f} | {run['mean_accepted_length']:.2f} | "
+                         f"{_past_stop(run)} |")
             steps = {int(key.removeprefix("spec_steps_k_")): count for key, count in run.get("policy", {}).items()
                      if key.startswith("spec_steps_k_")}
             if run["mode"] == "adaptive" and steps:

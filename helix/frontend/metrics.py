@@ -64,6 +64,9 @@ def _speculation_metrics(s: Mapping[str, float | int]) -> Iterator[Metric]:
                               s["spec_draft_tokens"])
     yield CounterMetricFamily("helix:spec_decode_num_accepted_tokens", "Draft tokens accepted by the target.",
                               s["spec_accepted_tokens"])
+    yield CounterMetricFamily("helix:spec_decode_rounds_past_stop",
+                              "Chained speculative rounds that ran after their request stopped.",
+                              s["spec_rounds_past_stop"])
     yield GaugeMetricFamily("helix:spec_decode_acceptance_rate", "Accepted / proposed draft tokens so far.",
                             s["acceptance_rate"])
     yield GaugeMetricFamily("helix:spec_decode_mean_accepted_length",

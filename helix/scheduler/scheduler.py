@@ -404,6 +404,7 @@ class Scheduler:
             request.num_draft_tokens += proposed
             request.num_accepted_tokens += accepted
             self.spec_counters.record(proposed, accepted)
+        self.spec_counters.record_past_stop(verifies, emitted)
 
     def _num_cacheable_tokens(self, request: Request) -> int:
         if self.has_draft_cache:

@@ -358,6 +358,17 @@ class SpecCounters:
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: drafts accepted at position i
     proposed_per_position: list[int] = field(default_factory=list)
     steps_by_k: dict[int, int] = field(default_factory=dict)  # steps with decoding requests, by their plan's K
+    rounds_past_stop: int = 0     # chained rounds that ran after their request had stopped (tokens dropped)
+
+    def record_past_stop(self, verifies: list[tuple[int, int]], emitted: int) -> None:
+        """Count the verifies (in order, each emitting its accepted drafts + 1) that
+        came after the first `emitted` tokens, which is all the request kept."""
+        produced = 0
+        for used, (_, accepted) in enumerate(verifies):
+            if produced >= emitted:
+                self.rounds_past_stop += len(verifies) - used
+                return
+            produced += accepted + 1
 
     def record_step(self, k: int) -> None:
         self.steps_by_k[k] = self.steps_by_k.get(k, 0) + 1

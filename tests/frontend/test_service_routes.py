@@ -39,7 +39,7 @@ async def test_metrics_parse_and_count(server: Server, http: aiohttp.ClientSessi
                  "helix:inter_token_latency_seconds", "helix:e2e_request_latency_seconds", "helix:prompt_tokens",
                  "helix:generation_tokens", "helix:request_success", "helix:num_preemptions", "helix:num_swaps",
                  "helix:spec_decode_num_draft_tokens", "helix:spec_decode_num_accepted_tokens",
-                 "helix:spec_decode_acceptance_rate"):
+                 "helix:spec_decode_acceptance_rate", "helix:spec_decode_rounds_past_stop"):
         assert name in families, name
     assert families["helix:time_to_first_token_seconds"].type == "histogram"
     assert families["helix:generation_tokens"].type == "counter"

@@ -13,7 +13,8 @@ from helix import LLM
 from helix.sampling_params import SamplingParams
 from helix.scheduler.outputs import ScheduledRequest, SchedulerOutput
 from helix.scheduler.request import Request
-from helix.scheduler.speculation import Decoding, SpeculationConfig, SpeculationPolicy, StepPlan, batch_class
+from helix.scheduler.speculation import (Decoding, SpecCounters, SpeculationConfig, SpeculationPolicy,
+                                        StepPlan, batch_class)
 
 K_MAX = 4
 
@@ -286,6 +287,15 @@ def test_rounds_needed_cover_the_remaining_tokens_at_the_expected_rate(accepted:
         assert rounds == 0
     else:
         assert (rounds - 1) * per_round < remaining <= rounds * per_round
+
+
+@pytest.mark.parametrize("emitted,past", [(5, 1), (8, 1), (9, 0), (11, 0), (1, 2), (4, 2)])
+def test_rounds_past_stop_are_those_after_the_tokens_the_request_kept(emitted: int, past: int) -> None:
+    """Three chained verifies emitting 4, 4 and 2 tokens: a request that kept the
+    first `emitted` of those 10 stopped inside the round that produced its last one."""
+    counters = SpecCounters()
+    counters.record_past_stop([(3, 3), (3, 3), (3, 1)], emitted)
+    assert counters.rounds_past_stop == past
 
 
 def test_a_multi_step_is_measured_per_position(tiny_model_dirs: dict[str, Path]) -> None:

@@ -152,6 +152,24 @@ def test_a_batch_chains_the_rounds_its_neediest_request_is_expected_to_need(
     assert rounds[0] == 5
 
 
+def test_rounds_after_a_stop_token_are_counted_past_the_stop(tiny_model_dirs: dict[str, Path],
+                                                              greedy_prompts: list[list[int]],
+                                                              greedy_expected: list[list[int]]) -> None:
+    """With the target as its own draft every round emits K + 1 = 4 tokens, so a
+    step of 4 chained rounds emits output tokens 1-4, 5-8, 9-12 and 13-16 (the
+    prefill gave token 0). A stop token first seen at index s ends the request
+    in round ceil(s / 4); the step's later rounds ran past the stop."""
+    target = tiny_model_dirs["llama"]
+    expected = greedy_expected[0]
+    stop_at = next(i for i in range(1, 17) if expected[i] not in expected[:i])
+    llm = LLM(str(target), check_invariants=True, num_kv_blocks=256, block_size=4, **spec_options(target))
+    params = SamplingParams(temperature=0.0, max_tokens=20, stop_token_ids=[expected[stop_at]])
+    outputs = llm.generate(greedy_prompts[:1], params, use_tqdm=False)
+    assert outputs[0].outputs[0].token_ids == expected[:stop_at + 1]
+    assert_drained(llm)
+    assert llm.stats()["spec_rounds_past_stop"] == 4 - -(-stop_at // 4)
+
+
 def test_logprobs_and_sampled_requests_are_not_chained(tiny_model_dirs: dict[str, Path],
                                                        greedy_prompts: list[list[int]]) -> None:
     target = tiny_model_dirs["llama"]
