@@ -9,7 +9,6 @@ the size of that gap.
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -45,7 +44,6 @@ class Request:
     eos_token_ids: frozenset[int] = frozenset()
     priority: int = 0
     cache_salt: str | None = None
-    arrival_time: float = field(default_factory=time.monotonic)
     arrival_index: int = 0  # tie-break: order of arrival at the scheduler
     prefix_leader: Request | None = None  # for n > 1: the sibling whose prompt blocks this one shares
 

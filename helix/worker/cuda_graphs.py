@@ -192,10 +192,6 @@ class GraphRunner:
         self.replays: Counter[tuple[int, int, int]] = Counter()  # (bucket, q, num_splits) -> count
 
     @property
-    def num_graphs(self) -> int:
-        return len(self._graphs)
-
-    @property
     def memory_pool(self) -> tuple[int, int] | None:
         """The pool every graph of this runner allocates from (for graphs built on top of it)."""
         return self._pool

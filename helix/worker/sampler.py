@@ -142,11 +142,6 @@ def draw_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return (probs / noise).argmax(dim=-1)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One index from `probs` [vocab] (see `draw_rows`)."""
-    return int(draw_rows(probs.unsqueeze(0), generator)[0])
-
-
 class PendingTokens:
     """Chosen ids, with their logprobs (from the raw logits) where a row asks,
     queued for the host: computed and copied at once, read by `result`."""

@@ -148,7 +148,6 @@ class LlamaForCausalLM(nn.Module):
             kernels = select_layer_kernels(torch.get_default_device(), dtype)
         self.arch = arch
         self.attention_backend = backend.name
-        self.layer_kernels = kernels.name
         self.model = DecoderModel(arch, dtype, backend, kernels.impl)
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         if arch.tie_word_embeddings:
