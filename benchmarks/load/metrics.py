@@ -22,7 +22,6 @@ import numpy as np
 from benchmarks.load.client import RequestResult
 
 SLO_METRICS = ("ttft", "tpot", "e2el")
-STAT_NAMES = ("mean", "median", "std", "p90", "p99")
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
