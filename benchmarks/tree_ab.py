@@ -28,16 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-_SPEC_A = dict(draft_model="llama-68m", spec_synthetic_acceptance=0.7)
-_SPEC_B = dict(draft_model="llama-3.2-1b", spec_synthetic_acceptance=0.7)
-CASES: dict[str, tuple[str, dict[str, Any]]] = {  # name: (target, engine options beyond BATCH_1)
-    "A:plain": ("tinyllama-1.1b", {}),
-    "A:fixed4": ("tinyllama-1.1b", dict(_SPEC_A, num_speculative_tokens=4, speculation_mode="fixed")),
-    "A:adaptive8": ("tinyllama-1.1b", dict(_SPEC_A, num_speculative_tokens=8, speculation_mode="adaptive")),
-    "B:plain": ("llama-3-8b", {}),
-    "B:fixed4": ("llama-3-8b", dict(_SPEC_B, num_speculative_tokens=4, speculation_mode="fixed")),
-    "B:adaptive8": ("llama-3-8b", dict(_SPEC_B, num_speculative_tokens=8, speculation_mode="adaptive")),
+from benchmarks.suite.__main__ import TARGETS
+
+_SPECULATION: dict[str, dict[str, Any] | None] = {  # the (a) and (b) settings; None: plain decoding
+    "plain": None,
+    "fixed4": dict(num_speculative_tokens=4, speculation_mode="fixed"),
+    "adaptive8": dict(num_speculative_tokens=8, speculation_mode="adaptive"),
 }
+# "A:fixed4" etc.: (target, engine options beyond BATCH_1), for the suite's targets and drafts.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    f"{name}:{label}": (target, {} if spec is None else dict(spec, draft_model=draft, spec_synthetic_acceptance=0.7))
+    for name, (target, draft) in TARGETS.items() for label, spec in _SPECULATION.items()}
 BATCH_1: dict[str, Any] = dict(max_num_seqs=1, num_kv_blocks=256, num_scheduler_steps=8)
 PROMPT_LEN, NEW_TOKENS = 128, 256
 
