@@ -206,20 +206,29 @@ class ModelRunner:
             return None
         known = to_device([item.request.token_ids(item.start - 1, item.start + 1) for item in scheduled],
                           torch.int64, self.device)  # [B, 2]: the tokens before and at each start
-        replayed = self.round_graphs.run([item.start for item in scheduled], [item.block_table for item in scheduled],
-                                         scheduled[0].num_spec_tokens, scheduled[0].num_steps,
-                                         _chained_reach(scheduled), known[:, 1], known[:, 0], None, coins)
+        replayed = self._replayed_rounds(scheduled, 0, known[:, 1], known[:, 0], None, coins)
         return None if replayed is None else [replayed]
 
     def _later_rounds(self, scheduled: list[ScheduledRequest], inputs: RoundInputs, coins: torch.Tensor | None
                       ) -> list[torch.Tensor]:
         """Rounds 1 .. R - 1 after an ordinary round 0, which left `inputs`: their
         verdicts, from round graphs where they cover the step, else pass by pass."""
-        replayed = None if self.round_graphs is None else self.round_graphs.run(
-            [item.start + 1 for item in scheduled], [item.block_table for item in scheduled],
-            scheduled[0].num_spec_tokens, scheduled[0].num_steps - 1, _chained_reach(scheduled), inputs.last,
-            inputs.before_last, inputs.shift.by, None if coins is None else coins[1:])
+        replayed = self._replayed_rounds(scheduled, 1, inputs.last, inputs.before_last, inputs.shift.by, coins)
         return [replayed] if replayed is not None else self._rounds_pass_by_pass(scheduled, inputs, coins)
+
+    def _replayed_rounds(self, scheduled: list[ScheduledRequest], first: int, last: torch.Tensor,
+                         before_last: torch.Tensor, shift: torch.Tensor | None, coins: torch.Tensor | None
+                         ) -> torch.Tensor | None:
+        """Rounds `first` .. R - 1 as round graph replays: their verdicts [R - first,
+        B, K + 2], or None where no graph covers the step. Round `first` starts
+        at each request's start + first (plus `shift` [B] on the device, where
+        given) at token `last` [B], `before_last` [B] before it."""
+        if self.round_graphs is None:
+            return None
+        return self.round_graphs.run([item.start + first for item in scheduled],
+                                     [item.block_table for item in scheduled], scheduled[0].num_spec_tokens,
+                                     scheduled[0].num_steps - first, _chained_reach(scheduled), last, before_last,
+                                     shift, None if coins is None else coins[first:])
 
     def _first_round(self, scheduled: list[ScheduledRequest], coins: torch.Tensor | None
                      ) -> tuple[torch.Tensor, RoundInputs]:

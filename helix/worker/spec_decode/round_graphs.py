@@ -1,17 +1,19 @@
-"""Chained speculative rounds after the first, one CUDA graph per round.
+"""Chained speculative rounds, one CUDA graph per round.
 
-Round 0 of a chained multi-step runs as a single round does: its pass A
-catches the draft up over a span of any length. Every later round has one
+A round whose draft model lags the target by at most one token has one
 shape: pass A over two tokens (the one before the round's start and the one
 at it), K - 1 greedy draft passes, the verify of 1 + K tokens and the argmax
-verdict. Launched pass by pass, a round costs the host three stagings and
+verdict. Every round after the first of a chained multi-step has it, and so
+has the first one after a chained multi-step; otherwise round 0 runs as a
+single round does, its pass A catching the draft up over a span of any
+length. Launched pass by pass, a round costs the host three stagings and
 ~40 launches, more than the ~1.5 ms of GPU work of a 1B target's round at
 batch 1, so the device waited on the host between passes. `RoundGraphs`
 captures a whole round: it reads the round's start and the tokens at and
 before it from device buffers, derives every pass's positions, slots and
 sequence lengths from them and the block tables, writes its verdict to row
 r of an output buffer (r a counter on the device), and moves its inputs on
-to the next round. A multi-step stages once and replays R - 1 times.
+to the next round. A multi-step stages once and replays once per round.
 
 Graphs exist per (batch bucket, K, split-KV factors of pass A, the draft
 passes and the verify). A multi-step uses one set of factors for all its
