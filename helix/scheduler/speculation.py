@@ -185,13 +185,11 @@ class SpeculationPolicy:
 
     def rounds_needed(self, request: Request, k: int, remaining: int) -> int:
         """The verifies of K drafts `request` is expected to take for `remaining`
-        more tokens, at E(a, K) tokens each (a: its acceptance estimate); at
-        least one while any remain."""
+        more tokens, at E(a, K) tokens each (a: its acceptance estimate)."""
         if remaining <= 0:
             return 0
         a = self.acceptance_rate(request)
-        per_round = sum(a ** j for j in range(k + 1))
-        return max(1, math.ceil(remaining / per_round - 1e-9))
+        return math.ceil(remaining / sum(a ** j for j in range(k + 1)) - 1e-9)  # E <= K + 1: one or more
 
     # -- deciding ------------------------------------------------------------------
     def plan(self, decoding: Decoding) -> int:
