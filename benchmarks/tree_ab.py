@@ -88,7 +88,8 @@ def table(trees: list[str], cases: list[str], rates: dict[Run, float]) -> str:
         medians = {tree: statistics.median(rates[Run(i, tree, case)] for i in range(alternations)) for tree in trees}
         for tree in trees:
             runs = " | ".join(f"{rates[Run(i, tree, case)]:.1f}" for i in range(alternations))
-            lines.append(f"| {case} | {tree} | {runs} | {medians[tree]:.1f} | {medians[tree] / medians[trees[0]]:.3f} |")
+            ratio = medians[tree] / medians[trees[0]]
+            lines.append(f"| {case} | {tree} | {runs} | {medians[tree]:.1f} | {ratio:.3f} |")
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ def _results() -> dict[str, Any]:
                 "hf_eager": {"decode_tok_s": 50.0}, "hf_compiled": {"error": "RuntimeError: no compiler"}}
     spec_a = {"target": "a", "draft": "d", "runs": [
         {"mode": "adaptive", "k": 8, "acceptance": 0.7, "decode_tok_s": 1500.0, "mean_accepted_length": 3.1,
-         "rounds_past_stop_per_generation": 0.25, "policy": {"spec_steps_k_4": 70, "spec_steps_k_5": 12, "spec_step_seconds_class_1_k_4": 0.0024}},
+         "rounds_past_stop_per_generation": 0.25,
+         "policy": {"spec_steps_k_4": 70, "spec_steps_k_5": 12, "spec_step_seconds_class_1_k_4": 0.0024}},
         {"mode": "fixed", "k": 4, "acceptance": 0.5, "decode_tok_s": 1200.0, "mean_accepted_length": 1.9}]}
     return {
         "card": "Card", "copy_bandwidth_gb_s": 4000.0, "date": "2026-01-01 00:00 UTC", "commit": "abc",
@@ -115,7 +116,8 @@ def test_results_markdown_names_card_commit_and_commands() -> None:
                      "`helix serve --draft`", "Load command (per rate): `load`", "| no |",
                      "Before the rates, untimed: 256 other prompts at once (7000 tok/s, TTFT p50 300 ms",
                      "- A adaptive, a = 0.7: steps run at K=4: 70, K=5: 12",
-                     "| A: a + d | adaptive K=8 | 0.7 | 1500 | 3.10 | 0.2 |", "| A: a + d | fixed K=4 | 0.5 | 1200 | 1.90 | n/a |"):
+                     "| A: a + d | adaptive K=8 | 0.7 | 1500 | 3.10 | 0.2 |",
+                     "| A: a + d | fixed K=4 | 0.5 | 1200 | 1.90 | n/a |"):
         assert fragment in text, fragment
 
 
