@@ -117,6 +117,7 @@ VARIANTS = {  # name: LaunchTuning fields that differ from the default
     "splits>=256 keys": {"min_split_keys": 256},
     "4 programs/SM": {"programs_per_sm": 4, "max_splits": 128},
     "BLOCK_N 32": {"block_n": 32, "min_split_keys": 32},
+    "BLOCK_N 64": {"block_n": 64},
     "BLOCK_N 128": {"block_n": 128},
 }
 
