@@ -53,7 +53,7 @@ class ChatTemplate:
         """Raises ValueError for messages the template refuses (it may `raise_exception`)."""
         if tokenizer is None:
             raise ValueError("messages: this model has no tokenizer, so chat is not available")
-        conversation = [{"role": m.role, "content": message_text(m)} for m in messages]
+        conversation = [{"role": template_role(m.role), "content": message_text(m)} for m in messages]
         try:
             text = tokenizer.apply_chat_template(conversation, chat_template=self.source, tokenize=False,
                                                  add_generation_prompt=add_generation_prompt)
@@ -71,6 +71,11 @@ def _tokenizer_template(tokenizer: Any) -> str | None:
     if isinstance(own, dict):  # named templates: use the default one
         own = own.get("default")
     return own if isinstance(own, str) and own else None
+
+
+def template_role(role: str) -> str:
+    """The role a chat template sees: models' templates know "system", not OpenAI's "developer"."""
+    return "system" if role == "developer" else role
 
 
 def message_text(message: ChatMessage) -> str:

@@ -43,7 +43,9 @@ class TextPart(Struct):
 
 
 class ChatMessage(Struct):
-    role: Literal["system", "user", "assistant"]
+    """"developer" is OpenAI's newer name for "system"; templates see "system"."""
+
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
 

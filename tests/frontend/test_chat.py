@@ -32,6 +32,23 @@ async def test_default_template_text(server: Server, http: aiohttp.ClientSession
     assert "<|assistant|>" in DEFAULT_CHAT_TEMPLATE
 
 
+async def test_developer_role_is_the_system_role(client: AsyncOpenAI, server: Server,
+                                                http: aiohttp.ClientSession) -> None:
+    developer = [{"role": "developer", "content": "Be brief."}, MESSAGES[1]]
+    assert await chat_tokens(http, server, developer) == await chat_tokens(http, server, MESSAGES)
+    with_developer = await client.chat.completions.create(messages=developer, **GREEDY)
+    with_system = await client.chat.completions.create(messages=MESSAGES, **GREEDY)
+    assert with_developer.choices[0].message.content == with_system.choices[0].message.content
+
+
+async def test_unknown_role_is_a_400(server: Server, http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL_NAME, "messages": [{"role": "tool", "content": "42"}]}
+    async with http.post(server.url("/v1/chat/completions"), json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error" and "role" in error["message"]
+
+
 async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:
     response = await client.chat.completions.create(messages=MESSAGES, **GREEDY)
     assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
