@@ -8,7 +8,7 @@ The limits below are part of the types, so /openapi.json documents them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -50,6 +50,12 @@ class ChatMessage(Struct):
     name: str | None = None
 
 
+class ResponseFormat(Struct):
+    """Only "text" is served; the others are named so that they get a clear 400."""
+
+    type: Literal["text", "json_object", "json_schema"]
+
+
 class SamplingFields(Struct, kw_only=True):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -83,6 +89,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     echo: bool = False
     logprobs: LogprobCount | None = None
     best_of: Int64 | None = None
+    suffix: str | None = None  # insertion: not supported, refused when non-empty
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -91,6 +98,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: Int64 | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: LogprobCount | None = None
+    response_format: ResponseFormat | None = None
+    # Tool calling is not supported: tools are refused unless tool_choice is "none".
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class TokenizeRequest(Struct, kw_only=True):

@@ -36,6 +36,8 @@ def completion_prompts(prompt: Prompt) -> list[EnginePrompt]:
 def completion_params(body: CompletionRequest) -> SamplingParams:
     if body.best_of not in (None, 1):
         raise ValueError(f"best_of: only 1 is supported, got {body.best_of}")
+    if body.suffix:
+        raise ValueError("suffix: inserting text before a suffix is not supported")
     echo_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
     return _params(body, body.max_tokens, body.logprobs, echo_logprobs)
 
@@ -43,6 +45,11 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
 def chat_params(body: ChatCompletionRequest) -> SamplingParams:
     if body.top_logprobs is not None and not body.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
+    if body.response_format is not None and body.response_format.type != "text":
+        raise ValueError(f"response_format: structured output ({body.response_format.type}) is not supported; "
+                         'only {"type": "text"} is')
+    if body.tools and body.tool_choice != "none":
+        raise ValueError('tools: tool calling is not supported; send no tools, or tool_choice "none"')
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None)
 

@@ -41,12 +41,13 @@ async def test_developer_role_is_the_system_role(client: AsyncOpenAI, server: Se
     assert with_developer.choices[0].message.content == with_system.choices[0].message.content
 
 
-async def test_unknown_role_is_a_400(server: Server, http: aiohttp.ClientSession) -> None:
-    body = {"model": MODEL_NAME, "messages": [{"role": "tool", "content": "42"}]}
-    async with http.post(server.url("/v1/chat/completions"), json=body) as response:
-        assert response.status == 400
-        error = (await response.json())["error"]
-    assert error["type"] == "invalid_request_error" and "role" in error["message"]
+async def test_accepted_fields_that_change_nothing(client: AsyncOpenAI) -> None:
+    """A text response_format, and tools the model may not call (tool_choice "none"), are accepted."""
+    expected = (await client.chat.completions.create(messages=MESSAGES, **GREEDY)).choices[0].message.content
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    for extra in ({"response_format": {"type": "text"}}, {"tools": [tool], "tool_choice": "none"}):
+        response = await client.chat.completions.create(messages=MESSAGES, **GREEDY, **extra)
+        assert response.choices[0].message.content == expected, extra
 
 
 async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:

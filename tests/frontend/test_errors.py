@@ -22,6 +22,7 @@ from tests.frontend.conftest import LOOP, MODEL_NAME, Server, make_engine, runni
 pytestmark = pytest.mark.asyncio(loop_scope=LOOP)
 
 CHAT = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
 
 async def call(http: aiohttp.ClientSession, url: str, body: Any = None, raw: bytes | None = None,
@@ -63,6 +64,7 @@ COMPLETION_CASES = [
     ({"prompt": "hi", "max_tokens": 2**62}, "max_model_len (512)"),
     ({"prompt": "hi", "min_tokens": 5, "max_tokens": 2}, "min_tokens"),
     ({"prompt": "hi", "best_of": 2}, "best_of"),
+    ({"prompt": "hi", "suffix": "The end."}, "suffix"),
     ({"prompt": "hi", "logit_bias": {"abc": 1}}, "logit_bias"),
     ({"prompt": "hi", "logit_bias": {"5": 1000}}, "$.logit_bias"),
     ({"prompt": "hi", "logit_bias": {"99999": 1}}, "outside the vocabulary"),
@@ -99,6 +101,15 @@ CHAT_CASES = [
     ({"messages": CHAT, "n": 17}, "$.n"),
     ({"messages": CHAT, "model": "other"}, "other"),
     ({"messages": "hi"}, "$.messages"),
+    ({"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format: structured output"),
+    ({"messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "response_format: structured output"),
+    ({"messages": CHAT, "response_format": {"type": "yaml"}}, "$.response_format.type"),
+    ({"messages": CHAT, "tools": [TOOL]}, "tools: tool calling"),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": "auto"}, "tools: tool calling"),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+     "tools: tool calling"),
+    ({"messages": CHAT, "tools": "f"}, "$.tools"),
 ]
 
 
