@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
 from helix.engine_args import EngineArgs
 from helix.engine_core import EngineCore, prompt_token_ids
+from helix.frontend.chat_template import ChatTemplate, parse_messages
 from helix.outputs import RequestOutput
 from helix.sampling_params import SamplingParams
 
 Prompt = str | list[int]
+Conversation = Sequence[Mapping[str, Any]]  # OpenAI-style messages: {"role": ..., "content": ...}
 
 
 class LLM:
@@ -35,12 +38,34 @@ class LLM:
                  use_tqdm: bool = True, priority: Sequence[int] | None = None) -> list[RequestOutput]:
         """Prompts are strings or token-id lists; outputs come back in input order."""
         prompt_list = _as_prompt_list(prompts)
-        params_list = _as_params_list(sampling_params, len(prompt_list))
+        tokenized = [(prompt_token_ids(self.tokenizer, p), p if isinstance(p, str) else None) for p in prompt_list]
+        return self._generate(tokenized, sampling_params, use_tqdm, priority)
+
+    def chat(self, messages: Conversation | Sequence[Conversation],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Answer one conversation ([{"role": "user", "content": "..."}, ...], roles as in
+        /v1/chat/completions) or a list of them; outputs come back in input order, each
+        `prompt` the rendered template. The template is `chat_template` (Jinja text), else
+        the tokenizer's own, else Helix's default."""
+        conversations = [messages] if messages and isinstance(messages[0], Mapping) else list(messages)
+        template = (ChatTemplate.from_text(chat_template) if chat_template is not None
+                    else ChatTemplate.resolve(self.tokenizer))
+        rendered = [template.render(self.tokenizer, parse_messages(c), add_generation_prompt)  # type: ignore[arg-type]
+                    for c in conversations]
+        return self._generate([(template.encode(self.tokenizer, text), text) for text in rendered],
+                              sampling_params, use_tqdm)
+
+    def _generate(self, prompts: list[tuple[list[int], str | None]],
+                  sampling_params: SamplingParams | Sequence[SamplingParams] | None, use_tqdm: bool,
+                  priority: Sequence[int] | None = None) -> list[RequestOutput]:
+        """prompts: (token ids, text or None) each."""
+        params_list = _as_params_list(sampling_params, len(prompts))
         request_ids = []
-        for index, (prompt, params) in enumerate(zip(prompt_list, params_list)):
+        for index, ((token_ids, text), params) in enumerate(zip(prompts, params_list)):
             request_id = f"llm-{next(self._ids)}"
-            text = prompt if isinstance(prompt, str) else None
-            self.engine.add_request(request_id, prompt_token_ids(self.tokenizer, prompt), params, prompt=text,
+            self.engine.add_request(request_id, token_ids, params, prompt=text,
                                     priority=priority[index] if priority else 0)
             request_ids.append(request_id)
         return self._run(request_ids, use_tqdm)

@@ -11,11 +11,13 @@ text, encoded like a /v1/completions prompt (with the tokenizer's usual BOS).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 
 from helix.frontend.protocol import ChatMessage
 
@@ -38,16 +40,19 @@ class ChatTemplate:
     def resolve(cls, tokenizer: Any, override_file: str | None = None) -> ChatTemplate:
         """Raises OSError for an unreadable file, ValueError for one that is not valid Jinja."""
         if override_file is not None:
-            template = cls(Path(override_file).read_text(encoding="utf-8"), add_special_tokens=False)
-        elif own := _tokenizer_template(tokenizer):
-            template = cls(own, add_special_tokens=False)
-        else:
-            template = cls(DEFAULT_CHAT_TEMPLATE, add_special_tokens=True)
+            return cls.from_text(Path(override_file).read_text(encoding="utf-8"))
+        if own := _tokenizer_template(tokenizer):
+            return cls.from_text(own)
+        return cls.from_text(DEFAULT_CHAT_TEMPLATE, add_special_tokens=True)
+
+    @classmethod
+    def from_text(cls, source: str, add_special_tokens: bool = False) -> ChatTemplate:
+        """Jinja text; raises ValueError where it is not valid Jinja."""
         try:
-            jinja2.Environment().parse(template.source)
+            jinja2.Environment().parse(source)
         except jinja2.TemplateSyntaxError as error:
             raise ValueError(f"chat template: invalid Jinja at line {error.lineno}: {error.message}") from error
-        return template
+        return cls(source, add_special_tokens)
 
     def render(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
         """Raises ValueError for messages the template refuses (it may `raise_exception`)."""
@@ -62,7 +67,10 @@ class ChatTemplate:
         return str(text)
 
     def tokenize(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
-        text = self.render(tokenizer, messages, add_generation_prompt)
+        return self.encode(tokenizer, self.render(tokenizer, messages, add_generation_prompt))
+
+    def encode(self, tokenizer: Any, text: str) -> list[int]:
+        """Token ids of text this template rendered."""
         return list(tokenizer.encode(text, add_special_tokens=self.add_special_tokens))
 
 
@@ -76,6 +84,16 @@ def _tokenizer_template(tokenizer: Any) -> str | None:
 def template_role(role: str) -> str:
     """The role a chat template sees: models' templates know "system", not OpenAI's "developer"."""
     return "system" if role == "developer" else role
+
+
+def parse_messages(conversation: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
+    """OpenAI-style message dicts -> ChatMessages; raises ValueError naming the bad field."""
+    if not conversation:
+        raise ValueError("messages: a conversation must hold at least one message")
+    try:
+        return msgspec.convert(list(conversation), list[ChatMessage])
+    except msgspec.ValidationError as error:
+        raise ValueError(f"messages: {error}") from None
 
 
 def message_text(message: ChatMessage) -> str:
