@@ -93,6 +93,9 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--port", type=int, default=8000, help="Port to listen on (default: %(default)s).")
     server.add_argument("--api-key", default=None,
                         help="Require `Authorization: Bearer KEY` on every route but /health.")
+    server.add_argument("--allowed-origins", nargs="+", default=(), metavar="ORIGIN",
+                        help="Let web pages from these origins (e.g. http://localhost:3000; * for any) call the "
+                             "API from a browser (CORS). Default: none.")
     server.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="Model name clients must send (default: the model path or name as given).")
     server.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED_REQUESTS, metavar="N",
@@ -143,7 +146,8 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error(f"--chat-template {args.chat_template}: {error}")
     config = ServerConfig(served_model_name=args.served_model_name or args.model or EMBEDDED_MODEL_NAME,
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,
-                          chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes)
+                          chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes,
+                          allowed_origins=tuple(args.allowed_origins))
     return _run_async(_serve(engine_kwargs(args), args.engine_process, config, args.host, args.port,
                              args.log_interval, args.shutdown_timeout, args.backlog))
 

@@ -15,7 +15,8 @@ def auth_middleware(api_key: str, public_paths: frozenset[str]) -> Middleware:
 
     @web.middleware
     async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in public_paths:
+        # A CORS preflight (OPTIONS) never carries credentials; the request it clears is checked.
+        if request.path not in public_paths and request.method != "OPTIONS":
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             given = token.strip().encode("utf-8", "surrogateescape")
             # compare_digest: the time taken does not reveal how much of the key matched.

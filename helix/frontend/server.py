@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 
+import aiohttp_cors
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -42,7 +43,19 @@ def build_app(engine: EngineStreams, config: ServerConfig) -> web.Application:
     app[openapi.OPENAPI] = msgspec.json.encode(openapi.openapi_document(ENDPOINTS))
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+    if config.allowed_origins:
+        _allow_origins(app, config.allowed_origins)
     return app
+
+
+def _allow_origins(app: web.Application, origins: tuple[str, ...]) -> None:
+    """CORS on every route for pages from `origins`: preflights answered, any request header
+    allowed (the API key travels in Authorization), every response header readable. No
+    credentials mode: browsers send no cookies, and the API uses none."""
+    options = aiohttp_cors.ResourceOptions(allow_headers="*", expose_headers="*", allow_methods="*")
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

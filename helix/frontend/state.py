@@ -33,6 +33,9 @@ class ServerConfig:
     chat_template_file: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after_s: int = 1
+    # Browser origins (scheme://host[:port]) whose pages may call the API; "*" is any.
+    # Empty: no CORS headers, so browsers keep other sites' pages from reading answers.
+    allowed_origins: tuple[str, ...] = ()
 
 
 class ServerState:
