@@ -29,6 +29,7 @@ from helix.scheduler.outputs import ModelOutput, RequestUpdate, SchedulerOutput
 from helix.scheduler.request import FinishReason, Request
 from helix.scheduler.scheduler import Scheduler
 from helix.scheduler.speculation import SpeculationConfig, SpeculationPolicy
+from helix.structured_output import GrammarCompiler
 from helix.worker.cuda_graphs import DecodeGraphSpec
 from helix.worker.device import resolve_device, resolve_dtype
 from helix.worker.kv_cache import bytes_per_block, num_blocks_for_budget, num_swap_blocks
@@ -55,6 +56,7 @@ class EngineCore:
         self.arch = ArchConfig.from_hf(source.hf_config)
         self.tokenizer = load_tokenizer(source.directory)
         self.eos_token_ids = _eos_token_ids(source, self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer)  # structured outputs' matchers
         self.max_model_len = _max_model_len(args.max_model_len, self.arch)
         model = build_model(source, args.load_format, self.device, self.dtype, args.seed)
         draft = self._load_draft()
@@ -160,9 +162,10 @@ class EngineCore:
         for index in range(params.n):
             seed = None if params.seed is None else params.seed + index
             child_params = replace(params, n=1, seed=seed)
+            grammar = self.grammars.matcher(params.structured_outputs) if params.structured_outputs else None
             child = Request(child_request_id(request_id, index, params.n), list(prompt_token_ids), child_params,
                             eos_token_ids=self.eos_token_ids, priority=priority, cache_salt=cache_salt,
-                            prefix_leader=children[0] if children else None)
+                            prefix_leader=children[0] if children else None, grammar=grammar)
             children.append(child)
         return children
 

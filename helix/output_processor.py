@@ -141,8 +141,10 @@ class OutputProcessor:
         request = update.request
         tokens = update.new_token_ids
         finish_reason = update.finish_reason
-        stop_token_hidden = finish_reason is FinishReason.STOP and not request.params.include_stop_str_in_output
-        # The stop token (EOS or stop_token_ids) is not part of the text.
+        # The stop token (EOS or stop_token_ids) is not part of the text; the token that
+        # completes a structured output, also a STOP, is.
+        stop_token_hidden = (finish_reason is FinishReason.STOP and not request.params.include_stop_str_in_output
+                             and bool(tokens) and tokens[-1] in request.stop_token_set)
         delta = detokenizer.update(tokens[:-1] if stop_token_hidden else tokens, finished=finish_reason is not None)
         if delta.stopped:
             tokens = tokens[:delta.num_tokens]  # drafts accepted past the stop string are dropped

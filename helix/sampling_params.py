@@ -6,6 +6,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from helix.structured_output import StructuredOutputs
+
 MAX_LOGPROBS = 20
 MAX_TOP_K = 1 << 31
 _GREEDY_BELOW = 1e-5
@@ -28,6 +30,8 @@ class SamplingParams:
     log-probabilities of each generated token, `prompt_logprobs` for each
     prompt token (needed by `echo`). `output_kind` picks what AsyncEngine's
     outputs hold; LLM.generate always returns whole (cumulative) outputs.
+    `structured_outputs` constrains the output to a JSON schema (or any JSON
+    object); the request stops when the document is complete.
     """
 
     n: int = 1
@@ -50,6 +54,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputs | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -96,6 +101,8 @@ class SamplingParams:
                    f"must be between 0 and {MAX_LOGPROBS}, got {value}")
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
                f"must be a RequestOutputKind, got {self.output_kind!r}")
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputs),
+               "structured_outputs", f"must be a StructuredOutputs, got {self.structured_outputs!r}")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Token ids in logit_bias and stop_token_ids must exist in the vocabulary."""

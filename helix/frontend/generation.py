@@ -57,6 +57,14 @@ async def tokenize_prompts(state: ServerState, prompts: Sequence[EnginePrompt]) 
     return [PreparedPrompt(ids, p if isinstance(p, str) else None) for p, ids in zip(prompts, token_ids)]
 
 
+async def check_response_format(state: ServerState, params: SamplingParams) -> None:
+    """Compile the request's grammar, off the event loop, so a schema the engine
+    cannot use is a 400 naming response_format. Raises ValueError."""
+    if params.structured_outputs is not None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, state.grammars.matcher, params.structured_outputs, "response_format")
+
+
 def prepare(state: ServerState, request_id: str, prompts: list[PreparedPrompt], params: SamplingParams,
             priority: int = 0, cache_salt: str | None = None) -> Generation:
     """Run the engine's admission checks (vocabulary, max_model_len, KV capacity) on

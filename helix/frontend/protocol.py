@@ -50,10 +50,16 @@ class ChatMessage(Struct):
     name: str | None = None
 
 
-class ResponseFormat(Struct):
-    """Only "text" is served; the others are named so that they get a clear 400."""
+class JsonSchemaFormat(Struct, kw_only=True):
+    name: str
+    schema: dict[str, Any] | None = None  # None: any JSON object
+    description: str | None = None
+    strict: bool | None = None  # the output always follows the schema, strict or not
 
+
+class ResponseFormat(Struct, kw_only=True):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None  # with type "json_schema"
 
 
 class SamplingFields(Struct, kw_only=True):

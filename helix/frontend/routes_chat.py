@@ -10,7 +10,15 @@ import msgspec
 from aiohttp import web
 
 from helix.frontend.errors import from_value_error
-from helix.frontend.generation import Generation, PreparedPrompt, final_outputs, new_request_id, prepare, tokenize_chat
+from helix.frontend.generation import (
+    Generation,
+    PreparedPrompt,
+    check_response_format,
+    final_outputs,
+    new_request_id,
+    prepare,
+    tokenize_chat,
+)
 from helix.frontend.logprobs import chat_logprobs
 from helix.frontend.protocol import (
     AssistantMessage,
@@ -38,6 +46,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         state.check_model(body.model)
         try:
             params = chat_params(body)
+            await check_response_format(state, params)
             prompt = PreparedPrompt(await tokenize_chat(state, body.messages), None)
             generation = prepare(state, new_request_id("chatcmpl"), [prompt], params, body.priority,
                                  body.cache_salt)

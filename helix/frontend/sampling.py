@@ -6,8 +6,16 @@ a 400; SamplingParams adds its own checks the same way.
 
 from __future__ import annotations
 
-from helix.frontend.protocol import MAX_PROMPTS, ChatCompletionRequest, CompletionRequest, Prompt, SamplingFields
+from helix.frontend.protocol import (
+    MAX_PROMPTS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Prompt,
+    ResponseFormat,
+    SamplingFields,
+)
 from helix.sampling_params import RequestOutputKind, SamplingParams
+from helix.structured_output import StructuredOutputs
 
 EnginePrompt = str | list[int]
 
@@ -45,17 +53,29 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
 def chat_params(body: ChatCompletionRequest) -> SamplingParams:
     if body.top_logprobs is not None and not body.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise ValueError(f"response_format: structured output ({body.response_format.type}) is not supported; "
-                         'only {"type": "text"} is')
+    structured = _structured_outputs(body.response_format)
     if body.tools and body.tool_choice != "none":
         raise ValueError('tools: tool calling is not supported; send no tools, or tool_choice "none"')
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None)
+    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None, structured)
+
+
+def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputs | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutputs(json_object=True)
+    if response_format.json_schema is None:
+        raise ValueError('response_format: type "json_schema" needs a json_schema object')
+    schema = response_format.json_schema.schema
+    try:
+        return StructuredOutputs(json=schema) if schema is not None else StructuredOutputs(json_object=True)
+    except ValueError as error:
+        raise ValueError(f"response_format: {error}") from None
 
 
 def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
-            prompt_logprobs: int | None) -> SamplingParams:
+            prompt_logprobs: int | None, structured: StructuredOutputs | None = None) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         n=body.n, max_tokens=max_tokens, min_tokens=body.min_tokens, temperature=body.temperature,
@@ -65,7 +85,7 @@ def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
         stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos,
         include_stop_str_in_output=body.include_stop_str_in_output, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
-        output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
+        structured_outputs=structured, output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:

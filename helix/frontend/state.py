@@ -15,6 +15,7 @@ from helix.frontend.chat_template import ChatTemplate
 from helix.frontend.errors import APIError, bad_request, service_unavailable
 from helix.frontend.logprobs import TokenText
 from helix.frontend.metrics import ServerMetrics
+from helix.structured_output import GrammarCompiler
 
 DEFAULT_MAX_QUEUED_REQUESTS = 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -45,6 +46,7 @@ class ServerState:
         self.tokenizer = engine.tokenizer
         self.token_text = TokenText(self.tokenizer)
         self.chat_template = ChatTemplate.resolve(self.tokenizer, config.chat_template_file)
+        self.grammars = GrammarCompiler(self.tokenizer)  # checks response_format schemas before admission
         self.max_model_len: int = engine.limits.max_model_len
         self.vocab_size: int = engine.limits.vocab_size
         self.created = int(time.time())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from helix.sampling_params import SamplingParams
+from helix.structured_output import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -46,6 +47,7 @@ class Request:
     cache_salt: str | None = None
     arrival_index: int = 0  # tie-break: order of arrival at the scheduler
     prefix_leader: Request | None = None  # for n > 1: the sibling whose prompt blocks this one shares
+    grammar: GrammarMatcher | None = None  # with structured output: has consumed exactly output_token_ids
 
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
@@ -85,11 +87,12 @@ class Request:
 
     @property
     def sampler_reads_output(self) -> bool:
-        """Whether sampling the next token reads the output so far (penalties, or
-        min_tokens still masking stop tokens): then it needs the last token on the host."""
+        """Whether sampling the next token reads the output so far (penalties, a
+        grammar, or min_tokens still masking stop tokens): then it needs the last
+        token on the host."""
         params = self.params
         return (params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
-                or len(self.output_token_ids) < params.min_tokens)
+                or self.grammar is not None or len(self.output_token_ids) < params.min_tokens)
 
     @property
     def wants_prompt_logprobs(self) -> bool:

@@ -416,6 +416,8 @@ class Scheduler:
         appended = []
         for token_id in token_ids:
             request.output_token_ids.append(token_id)
+            if request.grammar is not None:
+                request.grammar.consume(token_id)
             appended.append(token_id)
             reason = self._stop_reason(request, token_id)
             if reason is not None:
@@ -428,6 +430,8 @@ class Scheduler:
         params = request.params
         if num_output >= params.min_tokens and token_id in request.stop_token_set:
             return FinishReason.STOP
+        if request.grammar is not None and request.grammar.finished:
+            return FinishReason.STOP  # the document is complete (or the grammar failed)
         if num_output >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH
         return None

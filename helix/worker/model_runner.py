@@ -477,7 +477,7 @@ class ModelRunner:
         params = request.params
         return SamplingRow(params=params, prompt_token_ids=request.prompt_token_ids,
                            output_token_ids=output_token_ids, stop_ids_before_min=request.stop_token_set,
-                           generator=self._generator_for(request.request_id, params.seed))
+                           generator=self._generator_for(request.request_id, params.seed), grammar=request.grammar)
 
     def _generator_for(self, request_id: str, seed: int | None) -> torch.Generator:
         if seed is None:

@@ -1,7 +1,8 @@
 """Turn logits into tokens: the request's transforms, then greedy or sampled.
 
 `transform_logits` is the single definition of a request's distribution
-(penalties, logit_bias, min_tokens, temperature, top-k, top-p, min-p); the
+(penalties, logit_bias, min_tokens, a grammar's mask, temperature, top-k,
+top-p, min-p); the
 speculative rejection sampler applies the same function to draft and target
 logits so both sides of the acceptance test see the same transforms.
 """
@@ -14,6 +15,7 @@ from typing import Sequence
 import torch
 
 from helix.sampling_params import SamplingParams
+from helix.structured_output import GrammarMatcher
 from helix.worker.device import HostCopy, to_device
 
 
@@ -26,6 +28,9 @@ class SamplingRow:
     output_token_ids: Sequence[int]
     stop_ids_before_min: frozenset[int]  # EOS + stop_token_ids, masked until min_tokens is reached
     generator: torch.Generator | None  # per-request for seeded requests, else shared
+    # Structured output: has consumed the request's output, a prefix of output_token_ids
+    # (the rest are drafts under verification).
+    grammar: GrammarMatcher | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ def transform_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
     for i in edited:
         _apply_penalties(logits[i], rows[i])
         _apply_bias_and_min_tokens(logits[i], rows[i])
+        if rows[i].grammar is not None:
+            _apply_grammar(logits[i], rows[i].grammar, rows[i].output_token_ids)
     if scaled:
         logits.div_(to_device(temperatures, logits.dtype, logits.device).unsqueeze(1))
     return _apply_filters(logits, rows)
@@ -62,9 +69,9 @@ def takes_raw_argmax(row: SamplingRow) -> bool:
 
 
 def _edits_logits(row: SamplingRow) -> bool:
-    """Whether penalties, logit_bias or min_tokens change this row's logits."""
+    """Whether penalties, logit_bias, min_tokens or a grammar change this row's logits."""
     params = row.params
-    return (params.repetition_penalty != 1.0
+    return (params.repetition_penalty != 1.0 or row.grammar is not None
             or bool((params.presence_penalty or params.frequency_penalty) and row.output_token_ids)
             or bool(params.logit_bias)
             or (len(row.output_token_ids) < params.min_tokens and bool(row.stop_ids_before_min)))
@@ -88,6 +95,16 @@ def _apply_bias_and_min_tokens(row_logits: torch.Tensor, row: SamplingRow) -> No
         row_logits[token_id] += bias
     if len(row.output_token_ids) < row.params.min_tokens and row.stop_ids_before_min:
         row_logits[list(row.stop_ids_before_min)] = float("-inf")
+
+
+def _apply_grammar(row_logits: torch.Tensor, grammar: GrammarMatcher, output_token_ids: Sequence[int]) -> None:
+    """-inf for every token the grammar forbids after output_token_ids (ids past the
+    tokenizer's vocabulary included: a model's logits may be wider)."""
+    bits = torch.from_numpy(grammar.allowed_after(output_token_ids[grammar.num_consumed:]))
+    allowed = torch.zeros(row_logits.shape[0], dtype=torch.bool)
+    width = min(bits.shape[0], allowed.shape[0])
+    allowed[:width] = bits[:width]
+    row_logits.masked_fill_(~allowed.to(row_logits.device), float("-inf"))
 
 
 def _apply_filters(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:

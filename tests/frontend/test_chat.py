@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,31 @@ async def test_accepted_fields_that_change_nothing(client: AsyncOpenAI) -> None:
     for extra in ({"response_format": {"type": "text"}}, {"tools": [tool], "tool_choice": "none"}):
         response = await client.chat.completions.create(messages=MESSAGES, **GREEDY, **extra)
         assert response.choices[0].message.content == expected, extra
+
+
+async def test_response_format_json_schema(client: AsyncOpenAI) -> None:
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+    # No ignore_eos: EOS stays forbidden until the document is complete, which ends the request.
+    kwargs = {**{k: v for k, v in GREEDY.items() if k != "extra_body"}, "max_tokens": 64}
+    response = await client.chat.completions.create(messages=MESSAGES, response_format=response_format, **kwargs)
+    (choice,) = response.choices
+    document = json.loads(choice.message.content)
+    assert choice.finish_reason == "stop" and list(document) == ["answer", "sure"]
+    assert document["answer"] in ("yes", "no") and isinstance(document["sure"], bool)
+
+    stream = await client.chat.completions.create(messages=MESSAGES, response_format=response_format, stream=True,
+                                                  **kwargs)
+    streamed = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert streamed == choice.message.content
+
+
+async def test_response_format_json_object(client: AsyncOpenAI) -> None:
+    kwargs = {k: v for k, v in GREEDY.items() if k != "max_tokens"}
+    response = await client.chat.completions.create(messages=MESSAGES, response_format={"type": "json_object"},
+                                                    max_tokens=6, **kwargs)
+    assert response.choices[0].message.content.startswith("{")
 
 
 async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:
