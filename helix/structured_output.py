@@ -1,4 +1,5 @@
-"""Structured output: JSON grammars that constrain every sampled token (llguidance).
+"""Structured output: grammars (a JSON schema, a regex, a choice of strings) that
+constrain every sampled token, compiled by llguidance.
 
 A request whose SamplingParams carry `structured_outputs` owns a
 `GrammarMatcher`. Invariant: the matcher has consumed exactly the request's
@@ -7,8 +8,8 @@ which next tokens keep the output a prefix of a valid document, after those
 tokens plus a hypothetical continuation (the drafts under verification). The
 sampler sets every other logit to -inf, for draft and target alike, so
 speculative decoding's rejection sampling stays exact for the constrained
-distribution. When the document is complete the request finishes with
-reason "stop".
+distribution. When the output is complete (nothing may follow it but EOS)
+the request finishes with reason "stop".
 
 JSON is compiled without optional whitespace: a model that would rather
 write newlines than close a brace cannot loop on them, and the output is the
@@ -33,25 +34,41 @@ _ANY_OBJECT = '{"type": "object"}'
 
 @dataclass(frozen=True)
 class StructuredOutputs:
-    """What the output must be: valid against the JSON schema `json` (a dict or
-    its JSON text), or, with `json_object`, any JSON object. Exactly one."""
+    """What the output must be; exactly one of:
+
+    - json: a JSON schema (a dict or its JSON text) the output is valid against;
+    - json_object: any JSON object;
+    - regex: a regular expression (Rust `regex` syntax) the whole output matches;
+    - choice: one of these strings, exactly.
+    """
 
     json: str | Mapping[str, Any] | None = None
     json_object: bool = False
+    regex: str | None = None
+    choice: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
-        if (self.json is None) == (not self.json_object):
-            raise ValueError("structured_outputs: give exactly one of json (a schema) and json_object")
+        given = [name for name in ("json", "regex", "choice") if getattr(self, name) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError("structured_outputs: give exactly one of json, json_object, regex and choice, "
+                             f"got {', '.join(given) or 'none'}")
         if self.json is not None:
             object.__setattr__(self, "json", _schema_text(self.json))
-
-    @property
-    def schema(self) -> str:
-        """The JSON schema, as JSON text."""
-        return _ANY_OBJECT if self.json is None else str(self.json)
+        if self.choice is not None:
+            choice = tuple(self.choice) if not isinstance(self.choice, str) else ()
+            if not choice or not all(isinstance(c, str) and c for c in choice):
+                raise ValueError("structured_outputs.choice: must be a list of non-empty strings")
+            object.__setattr__(self, "choice", choice)
 
     def grammar(self) -> str:
-        return llguidance.LLMatcher.grammar_from_json_schema(self.schema, defaults=_JSON_OPTIONS)
+        """The llguidance grammar (JSON text)."""
+        if self.regex is not None:
+            return llguidance.LLMatcher.grammar_from_regex(self.regex)
+        if self.choice is not None:  # Lark string literals take JSON's escapes
+            return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in self.choice))
+        schema = _ANY_OBJECT if self.json is None else str(self.json)
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
 
 
 def _schema_text(schema: str | Mapping[str, Any]) -> str:
@@ -86,7 +103,7 @@ class GrammarCompiler:
             raise ValueError(f"{field}: this model has no tokenizer, so structured output is not available")
         matcher = llguidance.LLMatcher(self._tokenizer, spec.grammar(), log_level=0)
         if matcher.is_error():
-            raise ValueError(f"{field}: the schema cannot be used: {matcher.get_error()}")
+            raise ValueError(f"{field}: cannot be compiled: {matcher.get_error()}")
         return GrammarMatcher(matcher, self._tokenizer.vocab_size)
 
 

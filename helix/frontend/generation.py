@@ -57,12 +57,12 @@ async def tokenize_prompts(state: ServerState, prompts: Sequence[EnginePrompt]) 
     return [PreparedPrompt(ids, p if isinstance(p, str) else None) for p, ids in zip(prompts, token_ids)]
 
 
-async def check_response_format(state: ServerState, params: SamplingParams) -> None:
-    """Compile the request's grammar, off the event loop, so a schema the engine
-    cannot use is a 400 naming response_format. Raises ValueError."""
+async def check_structured_outputs(state: ServerState, params: SamplingParams, field: str) -> None:
+    """Compile the request's grammar, off the event loop, so one the engine cannot
+    use is a 400 naming the request's `field`. Raises ValueError."""
     if params.structured_outputs is not None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, state.grammars.matcher, params.structured_outputs, "response_format")
+        await loop.run_in_executor(None, state.grammars.matcher, params.structured_outputs, field)
 
 
 def prepare(state: ServerState, request_id: str, prompts: list[PreparedPrompt], params: SamplingParams,

@@ -62,6 +62,16 @@ class ResponseFormat(Struct, kw_only=True):
     json_schema: JsonSchemaFormat | None = None  # with type "json_schema"
 
 
+class StructuredOutputsField(Struct, kw_only=True, forbid_unknown_fields=True):
+    """vLLM's `structured_outputs` body field: exactly one constraint. Unknown
+    kinds (grammar, structural_tag) are refused rather than ignored."""
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+
+
 class SamplingFields(Struct, kw_only=True):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -87,6 +97,8 @@ class SamplingFields(Struct, kw_only=True):
     user: str | None = None
     priority: Int64 = 0
     cache_salt: str | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -104,7 +116,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: Int64 | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: LogprobCount | None = None
-    response_format: ResponseFormat | None = None
     # Tool calling is not supported: tools are refused unless tool_choice is "none".
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -13,7 +13,7 @@ from helix.frontend.errors import from_value_error
 from helix.frontend.generation import (
     Generation,
     PreparedPrompt,
-    check_response_format,
+    check_structured_outputs,
     final_outputs,
     new_request_id,
     prepare,
@@ -32,7 +32,7 @@ from helix.frontend.protocol import (
     Usage,
 )
 from helix.frontend.routing import Endpoint, json_response, read_body
-from helix.frontend.sampling import chat_params
+from helix.frontend.sampling import chat_params, constraint_field
 from helix.frontend.state import ServerState, state_of
 from helix.frontend.streaming import stream_generation
 from helix.outputs import RequestOutput
@@ -46,7 +46,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         state.check_model(body.model)
         try:
             params = chat_params(body)
-            await check_response_format(state, params)
+            await check_structured_outputs(state, params, constraint_field(body))
             prompt = PreparedPrompt(await tokenize_chat(state, body.messages), None)
             generation = prepare(state, new_request_id("chatcmpl"), [prompt], params, body.priority,
                                  body.cache_salt)

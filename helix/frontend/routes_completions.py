@@ -13,6 +13,7 @@ from helix.frontend.errors import from_value_error
 from helix.frontend.generation import (
     Generation,
     PreparedPrompt,
+    check_structured_outputs,
     final_outputs,
     new_request_id,
     prepare,
@@ -21,7 +22,7 @@ from helix.frontend.generation import (
 from helix.frontend.logprobs import completion_logprobs
 from helix.frontend.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
 from helix.frontend.routing import Endpoint, json_response, read_body
-from helix.frontend.sampling import completion_params, completion_prompts
+from helix.frontend.sampling import completion_params, completion_prompts, constraint_field
 from helix.frontend.state import ServerState, state_of
 from helix.frontend.streaming import stream_generation
 from helix.outputs import CompletionOutput, RequestOutput
@@ -35,6 +36,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         state.check_model(body.model)
         try:
             params = completion_params(body)
+            await check_structured_outputs(state, params, constraint_field(body))
             prompts = await tokenize_prompts(state, completion_prompts(body.prompt))
             generation = prepare(state, new_request_id("cmpl"), prompts, params, body.priority, body.cache_salt)
         except ValueError as error:

@@ -11,7 +11,6 @@ from helix.frontend.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     Prompt,
-    ResponseFormat,
     SamplingFields,
 )
 from helix.sampling_params import RequestOutputKind, SamplingParams
@@ -53,15 +52,29 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
 def chat_params(body: ChatCompletionRequest) -> SamplingParams:
     if body.top_logprobs is not None and not body.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
-    structured = _structured_outputs(body.response_format)
     if body.tools and body.tool_choice != "none":
         raise ValueError('tools: tool calling is not supported; send no tools, or tool_choice "none"')
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None, structured)
+    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None)
 
 
-def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputs | None:
-    if response_format is None or response_format.type == "text":
+def constraint_field(body: SamplingFields) -> str:
+    """The request field that asked for structured output, to name in errors."""
+    return "structured_outputs" if body.structured_outputs is not None else "response_format"
+
+
+def _structured_outputs(body: SamplingFields) -> StructuredOutputs | None:
+    """From `structured_outputs` (vLLM's field) or OpenAI's `response_format`, not both."""
+    response_format = body.response_format
+    if response_format is not None and response_format.type == "text":
+        response_format = None
+    if body.structured_outputs is not None:
+        if response_format is not None:
+            raise ValueError("structured_outputs: give it or a response_format, not both")
+        given = body.structured_outputs
+        return StructuredOutputs(json=given.json, json_object=given.json_object, regex=given.regex,
+                                 choice=given.choice)
+    if response_format is None:
         return None
     if response_format.type == "json_object":
         return StructuredOutputs(json_object=True)
@@ -75,7 +88,7 @@ def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOut
 
 
 def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
-            prompt_logprobs: int | None, structured: StructuredOutputs | None = None) -> SamplingParams:
+            prompt_logprobs: int | None) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         n=body.n, max_tokens=max_tokens, min_tokens=body.min_tokens, temperature=body.temperature,
@@ -85,7 +98,7 @@ def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
         stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos,
         include_stop_str_in_output=body.include_stop_str_in_output, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
-        structured_outputs=structured, output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
+        structured_outputs=_structured_outputs(body), output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:

@@ -4,6 +4,7 @@ with and without speculation."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -86,6 +87,21 @@ def test_any_json_object(plain: LLM) -> None:
         assert output.outputs[0].finish_reason == "length" and len(output.outputs[0].token_ids) == 24
 
 
+@pytest.mark.parametrize("engine", ["plain", "speculative"])
+def test_choice_and_regex(engine: str, request: pytest.FixtureRequest) -> None:
+    llm: LLM = request.getfixturevalue(engine)
+    choices = ("ROMEO", "JULIET", "the NURSE", 'a "quoted" \\ choice')
+    pattern = r"[0-9]{3}-[a-z]{2,4}"
+    for spec, check in ((StructuredOutputs(choice=choices), lambda text: text in choices),
+                        (StructuredOutputs(regex=pattern), lambda text: re.fullmatch(pattern, text))):
+        for temperature in (0.0, 1.0):
+            params = SamplingParams(temperature=temperature, n=3, seed=2, max_tokens=32, structured_outputs=spec)
+            for output in llm.generate(PROMPTS, params, use_tqdm=False):
+                for completion in output.outputs:
+                    assert check(completion.text), (spec, completion.text)
+                    assert completion.finish_reason == "stop"
+
+
 def test_mixed_batch_leaves_unconstrained_requests_alone(plain: LLM) -> None:
     free = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     alone = plain.generate(["ROMEO:"], free, use_tqdm=False)[0].outputs[0].token_ids
@@ -118,14 +134,18 @@ def test_mask_after_a_continuation_leaves_the_matcher_as_it_was() -> None:
     ({"json": SCHEMA, "json_object": True}, "exactly one"),
     ({"json": "{not json"}, "structured_outputs.json: not valid JSON"),
     ({"json": "[1, 2]"}, "must be an object"),
+    ({"regex": "a+", "choice": ["a"]}, "exactly one of json, json_object, regex and choice, got regex, choice"),
+    ({"choice": []}, "structured_outputs.choice"),
+    ({"choice": "yes"}, "structured_outputs.choice"),
+    ({"choice": ["yes", ""]}, "structured_outputs.choice"),
 ])
 def test_bad_specs_name_the_field(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         StructuredOutputs(**kwargs)
 
 
-def test_a_schema_the_compiler_refuses_is_a_value_error(plain: LLM) -> None:
-    params = SamplingParams(structured_outputs=StructuredOutputs(json={"type": "no-such-type"}))
-    with pytest.raises(ValueError, match="structured_outputs"):
-        plain.generate(["ROMEO:"], params, use_tqdm=False)
+@pytest.mark.parametrize("spec", [StructuredOutputs(json={"type": "no-such-type"}), StructuredOutputs(regex="[0-9")])
+def test_a_grammar_the_compiler_refuses_is_a_value_error(plain: LLM, spec: StructuredOutputs) -> None:
+    with pytest.raises(ValueError, match="structured_outputs: cannot be compiled"):
+        plain.generate(["ROMEO:"], SamplingParams(structured_outputs=spec), use_tqdm=False)
     assert not plain.engine.has_unfinished()

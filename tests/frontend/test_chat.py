@@ -76,6 +76,17 @@ async def test_response_format_json_object(client: AsyncOpenAI) -> None:
     assert response.choices[0].message.content.startswith("{")
 
 
+async def test_structured_outputs_choice_on_both_routes(client: AsyncOpenAI) -> None:
+    choices = ["yes", "no", "maybe not"]
+    extra = {"extra_body": {"structured_outputs": {"choice": choices}}}
+    kwargs = {k: v for k, v in GREEDY.items() if k != "extra_body"}
+    chat = await client.chat.completions.create(messages=MESSAGES, **{**kwargs, "temperature": 1.0}, n=4, seed=3,
+                                                **extra)
+    assert all(c.message.content in choices and c.finish_reason == "stop" for c in chat.choices)
+    completion = await client.completions.create(prompt="The quick", **kwargs, **extra)
+    assert completion.choices[0].text in choices and completion.choices[0].finish_reason == "stop"
+
+
 async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:
     response = await client.chat.completions.create(messages=MESSAGES, **GREEDY)
     assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
