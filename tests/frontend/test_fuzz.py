@@ -37,6 +37,15 @@ SAMPLING: dict[str, st.SearchStrategy[Any]] = {
     "logit_bias": st.dictionaries(st.text(max_size=5), FLOATS, max_size=3) | JSON,
     "seed": st.integers(min_value=-(2**65), max_value=2**65) | JSON, "ignore_eos": JSON,
     "best_of": SMALL_INTS | JSON, "user": JSON, "priority": SMALL_INTS | JSON,
+    # Grammars: schemas of random JSON (most are not schemas), regexes of random text, choices.
+    "response_format": st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+        optional={"json_schema": st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={"schema": JSON})
+                  | JSON}) | JSON,
+    "structured_outputs": st.fixed_dictionaries({}, optional={
+        "json": JSON, "json_object": JSON, "regex": st.text(max_size=12), "choice": st.lists(st.text(max_size=5),
+                                                                                                max_size=3) | JSON,
+    }) | JSON,
 }
 MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "x"]),
                                            "content": st.text(max_size=20) | JSON}), max_size=3) | JSON
@@ -118,6 +127,31 @@ def test_every_valid_completion_body_succeeds(live_server: Server) -> None:
         assert status == 200, (body, payload)
         assert len(payload["choices"]) == body.get("n", 1)
         assert all(c["finish_reason"] in ("stop", "length") for c in payload["choices"])
+
+    check()
+
+
+GRAMMARS = st.one_of(
+    st.fixed_dictionaries({"structured_outputs": st.fixed_dictionaries({"regex": st.text(max_size=16)})}),
+    st.fixed_dictionaries({"structured_outputs": st.fixed_dictionaries(
+        {"choice": st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4)})}),
+    st.fixed_dictionaries({"structured_outputs": st.fixed_dictionaries({"json": JSON})}),
+    st.fixed_dictionaries({"response_format": st.fixed_dictionaries({
+        "type": st.just("json_schema"), "json_schema": st.fixed_dictionaries({"name": st.just("x"), "schema": JSON})})}),
+)
+
+
+def test_grammars_never_yield_a_5xx(live_server: Server) -> None:
+    """Valid requests but for a random grammar: compiled and obeyed, or refused with a 400."""
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(grammar=GRAMMARS, temperature=st.sampled_from([0.0, 1.0]))
+    def check(grammar: dict[str, Any], temperature: float) -> None:
+        body = {"model": MODEL_NAME, "prompt": "The quick", "max_tokens": 4, "temperature": temperature, **grammar}
+        status, payload = post(live_server.url("/v1/completions"), body)
+        assert status in (200, 400), (body, payload)
+        choices = grammar.get("structured_outputs", {}).get("choice")
+        if status == 200 and choices and payload["choices"][0]["finish_reason"] == "stop":
+            assert payload["choices"][0]["text"] in choices
 
     check()
 
