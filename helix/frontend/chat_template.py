@@ -11,6 +11,7 @@ text, encoded like a /v1/completions prompt (with the tokenizer's usual BOS).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,20 +55,23 @@ class ChatTemplate:
             raise ValueError(f"chat template: invalid Jinja at line {error.lineno}: {error.message}") from error
         return cls(source, add_special_tokens)
 
-    def render(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
-        """Raises ValueError for messages the template refuses (it may `raise_exception`)."""
+    def render(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """Raises ValueError for messages the template refuses (it may `raise_exception`).
+        `tools` (OpenAI's shape) go to templates that describe tools to the model."""
         if tokenizer is None:
             raise ValueError("messages: this model has no tokenizer, so chat is not available")
-        conversation = [{"role": template_role(m.role), "content": message_text(m)} for m in messages]
+        conversation = [_template_message(m) for m in messages]
         try:
             text = tokenizer.apply_chat_template(conversation, chat_template=self.source, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+                                                 add_generation_prompt=add_generation_prompt, tools=tools)
         except jinja2.TemplateError as error:
             raise ValueError(f"messages: the chat template rejected them: {error}") from error
         return str(text)
 
-    def tokenize(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
-        return self.encode(tokenizer, self.render(tokenizer, messages, add_generation_prompt))
+    def tokenize(self, tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                 tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return self.encode(tokenizer, self.render(tokenizer, messages, add_generation_prompt, tools))
 
     def encode(self, tokenizer: Any, text: str) -> list[int]:
         """Token ids of text this template rendered."""
@@ -79,6 +83,27 @@ def _tokenizer_template(tokenizer: Any) -> str | None:
     if isinstance(own, dict):  # named templates: use the default one
         own = own.get("default")
     return own if isinstance(own, str) and own else None
+
+
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as transformers' chat templates take it: tool calls with their
+    arguments parsed (templates write them out as JSON), the id a tool answers."""
+    entry: dict[str, Any] = {"role": template_role(message.role), "content": message_text(message)}
+    if message.tool_calls:
+        entry["tool_calls"] = [{"id": call.id, "type": "function",
+                                "function": {"name": call.function.name,
+                                             "arguments": _parsed(call.function.arguments)}}
+                               for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        entry["tool_call_id"] = message.tool_call_id
+    return entry
+
+
+def _parsed(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
 
 
 def template_role(role: str) -> str:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from helix.frontend.errors import engine_error
 from helix.frontend.metrics import RequestTracker
@@ -134,9 +134,9 @@ async def final_outputs(state: ServerState, generation: Generation) -> list[Requ
     return wholes  # type: ignore[return-value]
 
 
-async def tokenize_chat(state: ServerState, messages: list[ChatMessage],
-                        add_generation_prompt: bool = True) -> list[int]:
+async def tokenize_chat(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                        tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Render the chat template and tokenize, off the event loop. Raises ValueError."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, state.chat_template.tokenize, state.tokenizer, messages,
-                                      add_generation_prompt)
+                                      add_generation_prompt, tools)

@@ -42,12 +42,51 @@ class TextPart(Struct):
     text: str
 
 
-class ChatMessage(Struct):
-    """"developer" is OpenAI's newer name for "system"; templates see "system"."""
+class FunctionCall(Struct):
+    name: str
+    arguments: str  # JSON text
 
-    role: Literal["system", "developer", "user", "assistant"]
+
+class ToolCall(Struct, kw_only=True):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Struct, kw_only=True):
+    """"developer" is OpenAI's newer name for "system"; templates see "system".
+    An assistant message may carry the tool calls it made; a "tool" message
+    answers one of them (tool_call_id)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(Struct, kw_only=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: any object
+    strict: bool | None = None  # forced calls always follow the schema, strict or not
+
+
+class ToolDefinition(Struct, kw_only=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct, kw_only=True):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class JsonSchemaFormat(Struct, kw_only=True):
@@ -116,9 +155,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: Int64 | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: LogprobCount | None = None
-    # Tool calling is not supported: tools are refused unless tool_choice is "none".
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" with tools, as OpenAI defines it
 
 
 class TokenizeRequest(Struct, kw_only=True):
@@ -189,7 +227,8 @@ class ChatLogprobs(Struct):
 
 class AssistantMessage(Struct, kw_only=True):
     role: str = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(Struct):
@@ -208,9 +247,22 @@ class ChatCompletionResponse(Struct, kw_only=True):
     usage: Usage
 
 
+class FunctionCallDelta(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, kw_only=True, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCallDelta | None = None
+
+
 class ChatDelta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatStreamChoice(Struct):

@@ -29,8 +29,12 @@ from helix.frontend.protocol import (
     ChatDelta,
     ChatLogprobs,
     ChatStreamChoice,
+    FunctionCallDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from helix.frontend.tool_calls import ToolCallPlan, plan_tool_calls, template_tools
 from helix.frontend.routing import Endpoint, json_response, read_body
 from helix.frontend.sampling import chat_params, constraint_field
 from helix.frontend.state import ServerState, state_of
@@ -45,14 +49,16 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, ChatCompletionRequest)
         state.check_model(body.model)
         try:
-            params = chat_params(body)
+            tool_calls = plan_tool_calls(body.tools, body.tool_choice)
+            params = chat_params(body, tool_calls)
             await check_structured_outputs(state, params, constraint_field(body))
-            prompt = PreparedPrompt(await tokenize_chat(state, body.messages), None)
+            tools = template_tools(body.tools) if tool_calls is not None else None
+            prompt = PreparedPrompt(await tokenize_chat(state, body.messages, tools=tools), None)
             generation = prepare(state, new_request_id("chatcmpl"), [prompt], params, body.priority,
                                  body.cache_salt)
         except ValueError as error:
             raise from_value_error(error) from None
-        view = _View(state, body, generation, int(time.time()))
+        view = _View(state, body, generation, int(time.time()), tool_calls)
         if body.stream:
             return await stream_generation(request, state, generation, _Chunks(view))
         return json_response(view.response((await final_outputs(state, generation))[0]))
@@ -64,6 +70,7 @@ class _View:
     body: ChatCompletionRequest
     generation: Generation
     created: int
+    tool_calls: ToolCallPlan | None  # the output is a forced tool call
 
     def logprobs(self, entries: Sequence[TokenLogprobs]) -> ChatLogprobs | None:
         if not self.body.logprobs:
@@ -75,11 +82,22 @@ class _View:
         return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
 
     def response(self, output: RequestOutput) -> ChatCompletionResponse:
-        choices = [ChatChoice(c.index, AssistantMessage(content=c.text), self.logprobs(c.logprobs or []),
-                              c.finish_reason) for c in output.outputs]
+        choices = []
+        for completion in output.outputs:
+            call = self.call_in(completion.text, completion.finish_reason)
+            message = (AssistantMessage(content=None, tool_calls=[call]) if call is not None
+                       else AssistantMessage(content=completion.text))
+            choices.append(ChatChoice(completion.index, message, self.logprobs(completion.logprobs or []),
+                                      "tool_calls" if call is not None else completion.finish_reason))
         return ChatCompletionResponse(id=self.generation.request_id, created=self.created,
                                       model=self.state.config.served_model_name, choices=choices,
                                       usage=self.usage(sum(len(c.token_ids) for c in output.outputs)))
+
+    def call_in(self, text: str, finish_reason: str | None) -> ToolCall | None:
+        """The forced tool call a finished output holds (none where max_tokens cut it)."""
+        if self.tool_calls is None or finish_reason != "stop":
+            return None
+        return self.tool_calls.call(text)
 
     def chunk(self, choices: list[ChatStreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.generation.request_id, created=self.created,
@@ -87,19 +105,23 @@ class _View:
 
 
 class _Chunks:
-    """The role first (one chunk per choice), then content deltas, the last with its finish_reason."""
+    """The role first (one chunk per choice), then content deltas, the last with its finish_reason.
+    A forced tool call is sent whole, in the choice's last chunk: its text is held until then."""
 
     def __init__(self, view: _View):
         self.view = view
         self.tokens_sent = [0] * view.generation.params.n
         self.finish_sent = [False] * view.generation.params.n
         self.unsent_logprobs: list[list[TokenLogprobs]] = [[] for _ in range(view.generation.params.n)]
+        self.held_text = [""] * view.generation.params.n
 
     def opening(self) -> list[msgspec.Struct]:
-        return [self.view.chunk([ChatStreamChoice(i, ChatDelta(role="assistant", content=""))])
-                for i in range(self.view.generation.params.n)]
+        delta = ChatDelta(role="assistant", content=None if self.view.tool_calls else "")
+        return [self.view.chunk([ChatStreamChoice(i, delta)]) for i in range(self.view.generation.params.n)]
 
     def on_output(self, prompt_index: int, output: RequestOutput) -> list[msgspec.Struct]:
+        if self.view.tool_calls is not None:
+            return self._on_call_output(output)
         chunks: list[msgspec.Struct] = []
         for completion in output.outputs:
             i = completion.index
@@ -115,6 +137,27 @@ class _Chunks:
             self.tokens_sent[i] = completion.num_generated_tokens
             self.finish_sent[i] = completion.finished
             chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, completion.finish_reason)]))
+        return chunks
+
+    def _on_call_output(self, output: RequestOutput) -> list[msgspec.Struct]:
+        chunks: list[msgspec.Struct] = []
+        for completion in output.outputs:
+            i = completion.index
+            self.unsent_logprobs[i] += completion.logprobs or []
+            self.held_text[i] += completion.text
+            self.tokens_sent[i] = completion.num_generated_tokens
+            if not completion.finished or self.finish_sent[i]:
+                continue
+            self.finish_sent[i] = True
+            call = self.view.call_in(self.held_text[i], completion.finish_reason)
+            if call is None:  # cut short: the text as it is
+                delta, reason = ChatDelta(content=self.held_text[i]), completion.finish_reason
+            else:
+                function = FunctionCallDelta(call.function.name, call.function.arguments)
+                delta = ChatDelta(tool_calls=[ToolCallDelta(index=0, id=call.id, type="function", function=function)])
+                reason = "tool_calls"
+            logprobs = self.view.logprobs(self.unsent_logprobs[i])
+            chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, reason)]))
         return chunks
 
     def closing(self) -> list[msgspec.Struct]:

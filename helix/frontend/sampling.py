@@ -13,6 +13,7 @@ from helix.frontend.protocol import (
     Prompt,
     SamplingFields,
 )
+from helix.frontend.tool_calls import ToolCallPlan
 from helix.sampling_params import RequestOutputKind, SamplingParams
 from helix.structured_output import StructuredOutputs
 
@@ -46,20 +47,27 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
     if body.suffix:
         raise ValueError("suffix: inserting text before a suffix is not supported")
     echo_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
-    return _params(body, body.max_tokens, body.logprobs, echo_logprobs)
+    return _params(body, body.max_tokens, body.logprobs, echo_logprobs, _structured_outputs(body))
 
 
-def chat_params(body: ChatCompletionRequest) -> SamplingParams:
+def chat_params(body: ChatCompletionRequest, tool_calls: ToolCallPlan | None) -> SamplingParams:
+    """`tool_calls`: the plan that makes the model call a tool (`plan_tool_calls`), if any."""
     if body.top_logprobs is not None and not body.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
-    if body.tools and body.tool_choice != "none":
-        raise ValueError('tools: tool calling is not supported; send no tools, or tool_choice "none"')
+    structured = _structured_outputs(body)
+    if tool_calls is not None:
+        if structured is not None:
+            other = "structured_outputs" if body.structured_outputs is not None else "response_format"
+            raise ValueError(f"tool_choice: a forced tool call cannot also follow {other}")
+        structured = tool_calls.structured_outputs
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None)
+    return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None, structured)
 
 
 def constraint_field(body: SamplingFields) -> str:
     """The request field that asked for structured output, to name in errors."""
+    if isinstance(body, ChatCompletionRequest) and body.tools and body.tool_choice not in (None, "none", "auto"):
+        return "tools"
     return "structured_outputs" if body.structured_outputs is not None else "response_format"
 
 
@@ -88,7 +96,7 @@ def _structured_outputs(body: SamplingFields) -> StructuredOutputs | None:
 
 
 def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
-            prompt_logprobs: int | None) -> SamplingParams:
+            prompt_logprobs: int | None, structured: StructuredOutputs | None) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         n=body.n, max_tokens=max_tokens, min_tokens=body.min_tokens, temperature=body.temperature,
@@ -98,7 +106,7 @@ def _params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
         stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos,
         include_stop_str_in_output=body.include_stop_str_in_output, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
-        structured_outputs=_structured_outputs(body), output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
+        structured_outputs=structured, output_kind=RequestOutputKind.DELTA)  # the routes read what each output adds
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:

@@ -87,6 +87,78 @@ async def test_structured_outputs_choice_on_both_routes(client: AsyncOpenAI) -> 
     assert completion.choices[0].text in choices and completion.choices[0].finish_reason == "stop"
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Verona", "Mantua"]},
+                                                    "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+ALARM = {"type": "function", "function": {
+    "name": "set_alarm", "parameters": {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 0,
+                                                                                 "maximum": 23}},
+                                        "required": ["hour"], "additionalProperties": False}}}
+TOOL_KWARGS = {**{k: v for k, v in GREEDY.items() if k != "extra_body"}, "max_tokens": 64}
+
+
+async def test_named_tool_choice_calls_that_function(client: AsyncOpenAI) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    response = await client.chat.completions.create(messages=MESSAGES, tools=[WEATHER, ALARM], tool_choice=choice,
+                                                    **TOOL_KWARGS)
+    (answer,) = response.choices
+    assert answer.finish_reason == "tool_calls" and answer.message.content is None
+    (call,) = answer.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert arguments["city"] in ("Verona", "Mantua") and arguments["unit"] in ("C", "F")
+
+    stream = await client.chat.completions.create(messages=MESSAGES, tools=[WEATHER, ALARM], tool_choice=choice,
+                                                  stream=True, **TOOL_KWARGS)
+    chunks = [chunk async for chunk in stream]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant" and not deltas[0].content
+    streamed = [call for delta in deltas for call in (delta.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [("get_weather", call.function.arguments)]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_required_tool_choice_calls_one_of_the_tools(client: AsyncOpenAI) -> None:
+    response = await client.chat.completions.create(messages=MESSAGES, tools=[WEATHER, ALARM], tool_choice="required",
+                                                    n=3, seed=1, **{**TOOL_KWARGS, "temperature": 1.0})
+    for answer in response.choices:
+        (call,) = answer.message.tool_calls
+        arguments = json.loads(call.function.arguments)
+        assert call.function.name in ("get_weather", "set_alarm") and answer.finish_reason == "tool_calls"
+        if call.function.name == "set_alarm":
+            assert list(arguments) == ["hour"] and 0 <= arguments["hour"] <= 23
+        else:
+            assert set(arguments) == {"city", "unit"}
+    assert len({c.message.tool_calls[0].id for c in response.choices}) == 3
+
+
+async def test_a_call_cut_by_max_tokens_stays_text(client: AsyncOpenAI) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    response = await client.chat.completions.create(messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
+                                                    **{**TOOL_KWARGS, "max_tokens": 3})
+    (answer,) = response.choices
+    assert answer.finish_reason == "length" and answer.message.tool_calls is None
+    assert answer.message.content.startswith("{")
+
+
+async def test_a_conversation_with_tool_results(client: AsyncOpenAI, server: Server,
+                                                http: aiohttp.ClientSession) -> None:
+    """Assistant tool calls and tool answers in the history are accepted and reach the template."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Verona", "unit": "C"}'}}
+    history = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, fair"}]
+    tokens = await chat_tokens(http, server, history)
+    async with http.post(server.url("/detokenize"), json={"tokens": tokens}) as response:
+        text = (await response.json())["prompt"]
+    assert text.endswith("<|tool|>\n18 degrees, fair\n<|assistant|>\n")
+    response = await client.chat.completions.create(messages=history, tools=[WEATHER], tool_choice="none",
+                                                    **TOOL_KWARGS)
+    assert isinstance(response.choices[0].message.content, str)
+
+
 async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohttp.ClientSession) -> None:
     response = await client.chat.completions.create(messages=MESSAGES, **GREEDY)
     assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")

@@ -116,11 +116,19 @@ CHAT_CASES = [
     ({"messages": CHAT, "structured_outputs": {"choice": []}}, "structured_outputs.choice"),
     ({"messages": CHAT, "structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}},
      "not both"),
-    ({"messages": CHAT, "tools": [TOOL]}, "tools: tool calling"),
-    ({"messages": CHAT, "tools": [TOOL], "tool_choice": "auto"}, "tools: tool calling"),
-    ({"messages": CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}},
-     "tools: tool calling"),
+    ({"messages": CHAT, "tools": [TOOL]}, 'tool_choice: "auto"'),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": "auto"}, 'tool_choice: "auto"'),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+     "no tool is named 'g'"),
+    ({"messages": CHAT, "tool_choice": "required"}, "tool_choice: there are no tools"),
+    ({"messages": CHAT, "tools": [TOOL, TOOL], "tool_choice": "required"}, "names must be unique"),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": "sometimes"}, "$.tool_choice"),
+    ({"messages": CHAT, "tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "cannot also follow response_format"),
+    ({"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "no-such-type"}}}], "tool_choice": "required"}, "tools: cannot be compiled"),
     ({"messages": CHAT, "tools": "f"}, "$.tools"),
+    ({"messages": CHAT, "tools": [{"type": "function"}]}, "$.tools[0]"),
 ]
 
 

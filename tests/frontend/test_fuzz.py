@@ -49,6 +49,12 @@ SAMPLING: dict[str, st.SearchStrategy[Any]] = {
 }
 MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "x"]),
                                            "content": st.text(max_size=20) | JSON}), max_size=3) | JSON
+TOOLS = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "g", ""])}, optional={"parameters": JSON})}), max_size=2) | JSON
+TOOL_CHOICES = (st.sampled_from(["none", "auto", "required"])
+                | st.fixed_dictionaries({"type": st.just("function"),
+                                         "function": st.fixed_dictionaries({"name": st.sampled_from(["f", "h"])})})
+                | JSON)
 ROUTES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "/v1/completions": st.fixed_dictionaries(
         {"model": st.just(MODEL_NAME) | JSON, "prompt": PROMPTS},
@@ -56,7 +62,7 @@ ROUTES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "/v1/chat/completions": st.fixed_dictionaries(
         {"model": st.just(MODEL_NAME) | JSON, "messages": MESSAGES},
         optional={**SAMPLING, "logprobs": JSON, "top_logprobs": SMALL_INTS | JSON,
-                  "max_completion_tokens": SMALL_INTS | JSON}),
+                  "max_completion_tokens": SMALL_INTS | JSON, "tools": TOOLS, "tool_choice": TOOL_CHOICES}),
     "/tokenize": st.fixed_dictionaries({}, optional={"prompt": PROMPTS, "messages": MESSAGES, "model": JSON}),
     "/detokenize": st.fixed_dictionaries({}, optional={"tokens": PROMPTS, "model": JSON}),
 }
