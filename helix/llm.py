@@ -44,16 +44,17 @@ class LLM:
     def chat(self, messages: Conversation | Sequence[Conversation],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool = True, chat_template: str | None = None,
-             add_generation_prompt: bool = True) -> list[RequestOutput]:
+             add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[RequestOutput]:
         """Answer one conversation ([{"role": "user", "content": "..."}, ...], roles as in
         /v1/chat/completions) or a list of them; outputs come back in input order, each
         `prompt` the rendered template. The template is `chat_template` (Jinja text), else
-        the tokenizer's own, else Helix's default."""
+        the tokenizer's own, else Helix's default; `tools` (OpenAI's shape) go to templates
+        that describe tools to the model."""
         conversations = [messages] if messages and isinstance(messages[0], Mapping) else list(messages)
         template = (ChatTemplate.from_text(chat_template) if chat_template is not None
                     else ChatTemplate.resolve(self.tokenizer))
-        rendered = [template.render(self.tokenizer, parse_messages(c), add_generation_prompt)  # type: ignore[arg-type]
-                    for c in conversations]
+        rendered = [template.render(self.tokenizer, parse_messages(c), add_generation_prompt, tools)
+                    for c in conversations]  # type: ignore[arg-type]
         return self._generate([(template.encode(self.tokenizer, text), text) for text in rendered],
                               sampling_params, use_tqdm)
 

@@ -53,6 +53,16 @@ def test_template_text_and_no_generation_prompt(llm: LLM) -> None:
     assert open_turn.prompt == "[system] Be brief. [user] The quick brown fox "
 
 
+def test_tools_reach_the_template(llm: LLM) -> None:
+    template = "{% for t in tools or [] %}[tool {{ t.function.name }}] {% endfor %}"
+    template += "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    (output,) = llm.chat(CONVERSATION, GREEDY, use_tqdm=False, chat_template=template, tools=tools)
+    assert output.prompt.startswith("[tool get_weather] [system] Be brief.")
+    (without,) = llm.chat(CONVERSATION, GREEDY, use_tqdm=False, chat_template=template)
+    assert without.prompt.startswith("[system] Be brief.")
+
+
 @pytest.mark.parametrize(("messages", "fragment"), [
     ([{"role": "wizard", "content": "hi"}], "role"),
     ([{"content": "hi"}], "role"),

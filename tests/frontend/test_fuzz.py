@@ -143,7 +143,8 @@ GRAMMARS = st.one_of(
         {"choice": st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4)})}),
     st.fixed_dictionaries({"structured_outputs": st.fixed_dictionaries({"json": JSON})}),
     st.fixed_dictionaries({"response_format": st.fixed_dictionaries({
-        "type": st.just("json_schema"), "json_schema": st.fixed_dictionaries({"name": st.just("x"), "schema": JSON})})}),
+        "type": st.just("json_schema"),
+        "json_schema": st.fixed_dictionaries({"name": st.just("x"), "schema": JSON})})}),
 )
 
 
