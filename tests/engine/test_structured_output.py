@@ -110,6 +110,22 @@ def test_mixed_batch_leaves_unconstrained_requests_alone(plain: LLM) -> None:
     assert_matches_schema(mixed[1].outputs[0].text)
 
 
+@pytest.mark.parametrize("regime", [{"swap_space": 1.0}, {"swap_space": 0}])
+def test_preemption_keeps_the_grammar_in_step(plain: LLM, regime: dict) -> None:
+    """Requests swapped out or recomputed mid-document resume where their grammar is:
+    the same documents as with ample blocks."""
+    prompts = [f"{speaker}:\n" + "O, " * n for n in range(1, 9) for speaker in ("ROMEO", "JULIET")]
+    params = constrained(temperature=0.0)
+    expected = [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)]
+    tight = LLM(embedded_model_path("target"), num_kv_blocks=24, block_size=4, max_num_batched_tokens=64,
+                check_invariants=True, **regime)
+    outputs = tight.generate(prompts, params, use_tqdm=False)
+    assert tight.stats()["preemptions"] > 0
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    for output in outputs:
+        assert_matches_schema(output.outputs[0].text)
+
+
 def test_mask_after_a_continuation_leaves_the_matcher_as_it_was() -> None:
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path("target"))
     compiler = GrammarCompiler(tokenizer)
