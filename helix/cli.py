@@ -79,6 +79,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _add_serve(commands: Any) -> None:
     from helix.frontend.chat_template import DEFAULT_CHAT_TEMPLATE
     from helix.frontend.state import DEFAULT_BACKLOG, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_REQUESTS
+    from helix.frontend.tool_calls import TOOL_CALL_PARSERS
 
     serve = commands.add_parser("serve", help="Serve a model over an OpenAI-compatible HTTP API.",
                                 description="Serve a model over an OpenAI-compatible HTTP API.", allow_abbrev=False,
@@ -96,6 +97,10 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--allowed-origins", nargs="+", default=(), metavar="ORIGIN",
                         help="Let web pages from these origins (e.g. http://localhost:3000; * for any) call the "
                              "API from a browser (CORS). Default: none.")
+    server.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
+                        help="Read tool calls from what the model writes, so tool_choice \"auto\" (the default "
+                             "with tools) works: hermes for <tool_call>{...}</tool_call> (Qwen2.5, Qwen3, Hermes). "
+                             "Without it, only forced calls (\"required\", a named function) are served.")
     server.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="Model name clients must send (default: the model path or name as given).")
     server.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED_REQUESTS, metavar="N",
@@ -129,7 +134,6 @@ def _add_serve(commands: Any) -> None:
 
 def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from helix.frontend.chat_template import ChatTemplate
-    from helix.frontend.state import ServerConfig
 
     if args.model_arg is not None and args.model is not None and args.model_arg != args.model:
         parser.error(f"two models given: MODEL {args.model_arg!r} and --model {args.model!r}")
@@ -144,12 +148,19 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             ChatTemplate.resolve(None, args.chat_template)
         except (OSError, ValueError) as error:
             parser.error(f"--chat-template {args.chat_template}: {error}")
-    config = ServerConfig(served_model_name=args.served_model_name or args.model or EMBEDDED_MODEL_NAME,
-                          api_key=args.api_key, max_queued_requests=args.max_queued_requests,
-                          chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes,
-                          allowed_origins=tuple(args.allowed_origins))
-    return _run_async(_serve(engine_kwargs(args), args.engine_process, config, args.host, args.port,
+    return _run_async(_serve(engine_kwargs(args), args.engine_process, server_config(args), args.host, args.port,
                              args.log_interval, args.shutdown_timeout, args.backlog))
+
+
+def server_config(args: argparse.Namespace) -> Any:
+    """The ServerConfig of parsed `helix serve` arguments."""
+    from helix.frontend.state import ServerConfig
+
+    return ServerConfig(served_model_name=args.served_model_name or args.model or args.model_arg
+                        or EMBEDDED_MODEL_NAME,
+                        api_key=args.api_key, max_queued_requests=args.max_queued_requests,
+                        chat_template_file=args.chat_template, max_body_bytes=args.max_body_bytes,
+                        allowed_origins=tuple(args.allowed_origins), tool_call_parser=args.tool_call_parser)
 
 
 async def _serve(kwargs: dict[str, Any], engine_process: bool, config: Any, host: str, port: int,

@@ -30,11 +30,10 @@ from helix.frontend.protocol import (
     ChatLogprobs,
     ChatStreamChoice,
     FunctionCallDelta,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )
-from helix.frontend.tool_calls import ToolCallPlan, plan_tool_calls, template_tools
+from helix.frontend.tool_calls import Answer, ForcedToolCall, ToolCallPlan, plan_tool_calls, template_tools
 from helix.frontend.routing import Endpoint, json_response, read_body
 from helix.frontend.sampling import chat_params, constraint_field
 from helix.frontend.state import ServerState, state_of
@@ -49,7 +48,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, ChatCompletionRequest)
         state.check_model(body.model)
         try:
-            tool_calls = plan_tool_calls(body.tools, body.tool_choice)
+            tool_calls = plan_tool_calls(body.tools, body.tool_choice, state.config.tool_call_parser)
             params = chat_params(body, tool_calls)
             await check_structured_outputs(state, params, constraint_field(body))
             tools = template_tools(body.tools) if tool_calls is not None else None
@@ -70,7 +69,7 @@ class _View:
     body: ChatCompletionRequest
     generation: Generation
     created: int
-    tool_calls: ToolCallPlan | None  # the output is a forced tool call
+    tool_calls: ToolCallPlan | None  # how the output becomes tool calls, if it may
 
     def logprobs(self, entries: Sequence[TokenLogprobs]) -> ChatLogprobs | None:
         if not self.body.logprobs:
@@ -84,20 +83,20 @@ class _View:
     def response(self, output: RequestOutput) -> ChatCompletionResponse:
         choices = []
         for completion in output.outputs:
-            call = self.call_in(completion.text, completion.finish_reason)
-            message = (AssistantMessage(content=None, tool_calls=[call]) if call is not None
+            answer = self.answer_of(completion.text, completion.finish_reason)
+            message = (AssistantMessage(content=answer.content, tool_calls=answer.calls) if answer.calls
                        else AssistantMessage(content=completion.text))
             choices.append(ChatChoice(completion.index, message, self.logprobs(completion.logprobs or []),
-                                      "tool_calls" if call is not None else completion.finish_reason))
+                                      "tool_calls" if answer.calls else completion.finish_reason))
         return ChatCompletionResponse(id=self.generation.request_id, created=self.created,
                                       model=self.state.config.served_model_name, choices=choices,
                                       usage=self.usage(sum(len(c.token_ids) for c in output.outputs)))
 
-    def call_in(self, text: str, finish_reason: str | None) -> ToolCall | None:
-        """The forced tool call a finished output holds (none where max_tokens cut it)."""
+    def answer_of(self, text: str, finish_reason: str | None) -> Answer:
+        """The text and tool calls of a finished output (no calls where max_tokens cut it)."""
         if self.tool_calls is None or finish_reason != "stop":
-            return None
-        return self.tool_calls.call(text)
+            return Answer(text, [])
+        return self.tool_calls.answer(text)
 
     def chunk(self, choices: list[ChatStreamChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.generation.request_id, created=self.created,
@@ -106,22 +105,23 @@ class _View:
 
 class _Chunks:
     """The role first (one chunk per choice), then content deltas, the last with its finish_reason.
-    A forced tool call is sent whole, in the choice's last chunk: its text is held until then."""
+    Tool calls are sent whole, in the choice's last chunk."""
 
     def __init__(self, view: _View):
         self.view = view
         self.tokens_sent = [0] * view.generation.params.n
         self.finish_sent = [False] * view.generation.params.n
         self.unsent_logprobs: list[list[TokenLogprobs]] = [[] for _ in range(view.generation.params.n)]
-        self.held_text = [""] * view.generation.params.n
+        self.held_text = [""] * view.generation.params.n  # with tool calls: the output so far
+        self.chars_sent = [0] * view.generation.params.n  # of which streamed as content
 
     def opening(self) -> list[msgspec.Struct]:
-        delta = ChatDelta(role="assistant", content=None if self.view.tool_calls else "")
+        delta = ChatDelta(role="assistant", content=None if isinstance(self.view.tool_calls, ForcedToolCall) else "")
         return [self.view.chunk([ChatStreamChoice(i, delta)]) for i in range(self.view.generation.params.n)]
 
     def on_output(self, prompt_index: int, output: RequestOutput) -> list[msgspec.Struct]:
         if self.view.tool_calls is not None:
-            return self._on_call_output(output)
+            return self._on_call_output(self.view.tool_calls, output)
         chunks: list[msgspec.Struct] = []
         for completion in output.outputs:
             i = completion.index
@@ -139,26 +139,42 @@ class _Chunks:
             chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, completion.finish_reason)]))
         return chunks
 
-    def _on_call_output(self, output: RequestOutput) -> list[msgspec.Struct]:
+    def _on_call_output(self, plan: ToolCallPlan, output: RequestOutput) -> list[msgspec.Struct]:
+        """Content streams as far as the plan releases it (not into a possible call);
+        the calls go whole in the choice's last chunk, with what content is left."""
         chunks: list[msgspec.Struct] = []
         for completion in output.outputs:
             i = completion.index
             self.unsent_logprobs[i] += completion.logprobs or []
             self.held_text[i] += completion.text
             self.tokens_sent[i] = completion.num_generated_tokens
-            if not completion.finished or self.finish_sent[i]:
+            if self.finish_sent[i]:
+                continue
+            text = self.held_text[i]
+            if not completion.finished:
+                release = plan.releasable(text)
+                if release > self.chars_sent[i]:
+                    chunks.append(self._content_chunk(i, text[self.chars_sent[i]:release], None))
+                    self.chars_sent[i] = release
                 continue
             self.finish_sent[i] = True
-            call = self.view.call_in(self.held_text[i], completion.finish_reason)
-            if call is None:  # cut short: the text as it is
-                delta, reason = ChatDelta(content=self.held_text[i]), completion.finish_reason
-            else:
-                function = FunctionCallDelta(call.function.name, call.function.arguments)
-                delta = ChatDelta(tool_calls=[ToolCallDelta(index=0, id=call.id, type="function", function=function)])
-                reason = "tool_calls"
+            answer = self.view.answer_of(text, completion.finish_reason)
+            if not answer.calls:
+                chunks.append(self._content_chunk(i, text[self.chars_sent[i]:], completion.finish_reason))
+                continue
+            rest = text[self.chars_sent[i]:max(self.chars_sent[i], plan.releasable(text))]
+            calls = [ToolCallDelta(index=n, id=call.id, type="function",
+                                   function=FunctionCallDelta(call.function.name, call.function.arguments))
+                     for n, call in enumerate(answer.calls)]
+            delta = ChatDelta(content=rest or None, tool_calls=calls)
             logprobs = self.view.logprobs(self.unsent_logprobs[i])
-            chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, reason)]))
+            chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, "tool_calls")]))
         return chunks
+
+    def _content_chunk(self, i: int, content: str, finish_reason: str | None) -> ChatCompletionChunk:
+        logprobs = self.view.logprobs(self.unsent_logprobs[i])
+        self.unsent_logprobs[i] = []
+        return self.view.chunk([ChatStreamChoice(i, ChatDelta(content=content or None), logprobs, finish_reason)])
 
     def closing(self) -> list[msgspec.Struct]:
         options = self.view.body.stream_options

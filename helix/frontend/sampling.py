@@ -51,11 +51,11 @@ def completion_params(body: CompletionRequest) -> SamplingParams:
 
 
 def chat_params(body: ChatCompletionRequest, tool_calls: ToolCallPlan | None) -> SamplingParams:
-    """`tool_calls`: the plan that makes the model call a tool (`plan_tool_calls`), if any."""
+    """`tool_calls`: how the answer becomes tool calls (`plan_tool_calls`), if it may."""
     if body.top_logprobs is not None and not body.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
     structured = _structured_outputs(body)
-    if tool_calls is not None:
+    if tool_calls is not None and tool_calls.structured_outputs is not None:
         if structured is not None:
             other = "structured_outputs" if body.structured_outputs is not None else "response_format"
             raise ValueError(f"tool_choice: a forced tool call cannot also follow {other}")

@@ -37,6 +37,7 @@ class ServerConfig:
     # Browser origins (scheme://host[:port]) whose pages may call the API; "*" is any.
     # Empty: no CORS headers, so browsers keep other sites' pages from reading answers.
     allowed_origins: tuple[str, ...] = ()
+    tool_call_parser: str | None = None  # reads the calls a model writes with tool_choice "auto"
 
 
 class ServerState:

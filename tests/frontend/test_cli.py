@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from helix import LLM, EngineArgs, SamplingParams
-from helix.cli import build_parser, engine_kwargs, main
+from helix.cli import build_parser, engine_kwargs, main, server_config
 from helix.frontend.server import serve
 from helix.frontend.state import ServerConfig
 from helix.frontend.status_log import status_line
@@ -46,6 +46,19 @@ def test_engine_flags_become_engine_args() -> None:
     engine_args = EngineArgs.from_kwargs(**{**kwargs, "model": args.model_arg})
     assert (engine_args.num_kv_blocks, engine_args.enable_prefix_caching, engine_args.max_model_len) == (12, False, 64)
     assert engine_args.gpu_memory_utilization == 0.5 and engine_args.block_size == EngineArgs().block_size
+
+
+def test_server_flags_become_the_server_config(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["serve", "some/model", "--allowed-origins", "http://a.example", "*",
+                                      "--tool-call-parser", "hermes", "--api-key", "k"])
+    config = server_config(args)
+    assert config.allowed_origins == ("http://a.example", "*") and config.tool_call_parser == "hermes"
+    assert config.api_key == "k" and config.served_model_name == "some/model"
+    default = server_config(build_parser().parse_args(["serve"]))
+    assert default.allowed_origins == () and default.tool_call_parser is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--tool-call-parser", "llama4"])
+    assert "--tool-call-parser" in capsys.readouterr().err
 
 
 def test_a_backlog_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,73 @@
+"""Tool calls parsed from what the model writes (tool_choice "auto" with
+--tool-call-parser hermes): the parser on its own, then through the server, with
+the model's output pinned by a regex so that it writes a call."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from openai import AsyncOpenAI
+
+from helix.engine import AsyncEngine
+from helix.frontend.tool_calls import HermesToolCalls
+from tests.frontend.conftest import LOOP, MODEL_NAME, running_server
+
+HERMES = HermesToolCalls()
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Verona"}}\n</tool_call>'
+
+
+def test_text_then_calls() -> None:
+    answer = HERMES.answer("Let me look.\n" + CALL + "\n" + CALL.replace("Verona", "Mantua"))
+    assert answer.content == "Let me look."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in answer.calls] == [
+        ("get_weather", {"city": "Verona"}), ("get_weather", {"city": "Mantua"})]
+    assert len({c.id for c in answer.calls}) == 2
+
+
+@pytest.mark.parametrize("text", ["No tools needed.", "<tool_call>\n{not json}\n</tool_call>",
+                                  '<tool_call>{"arguments": {}}</tool_call>', "<tool_call>[1, 2]</tool_call>"])
+def test_text_without_a_well_formed_call_stays_text(text: str) -> None:
+    answer = HERMES.answer(text)
+    assert answer.content == text and answer.calls == []
+
+
+def test_a_call_the_model_did_not_close_still_counts() -> None:
+    answer = HERMES.answer('<tool_call>{"name": "f", "arguments": {"x": 1}}')
+    assert answer.content is None and [c.function.name for c in answer.calls] == ["f"]
+
+
+def test_only_content_that_cannot_start_a_call_is_released() -> None:
+    assert HERMES.releasable("Hello") == 5
+    assert HERMES.releasable("Hello <tool") == len("Hello ")
+    assert HERMES.releasable("Hello <") == len("Hello ")
+    assert HERMES.releasable("Hello <b>") == len("Hello <b>")
+    assert HERMES.releasable("Hi " + CALL) == 3
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+PINNED = {"structured_outputs": {"regex": re.escape("Let me look.\n" + CALL)}, "ignore_eos": True}
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_auto_tool_choice_through_the_server(engine: AsyncEngine) -> None:
+    async with running_server(engine, tool_call_parser="hermes") as server:
+        client = AsyncOpenAI(base_url=server.url("/v1"), api_key="unused")
+        kwargs = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "Weather in Verona?"}],
+                      tools=[WEATHER], temperature=0.0, max_tokens=240, extra_body=PINNED)
+        response = await client.chat.completions.create(**kwargs)
+        (answer,) = response.choices
+        assert answer.finish_reason == "tool_calls" and answer.message.content == "Let me look."
+        (call,) = answer.message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Verona"}
+
+        chunks = [chunk async for chunk in await client.chat.completions.create(stream=True, **kwargs)]
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        content = "".join(d.content or "" for d in deltas)
+        assert content.strip() == "Let me look." and "<tool" not in content
+        (streamed,) = [call for d in deltas for call in (d.tool_calls or [])]
+        assert (streamed.function.name, streamed.function.arguments) == ("get_weather", call.function.arguments)
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        await client.close()
