@@ -8,6 +8,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from helix.engine import AsyncEngine
@@ -44,6 +46,22 @@ def test_only_content_that_cannot_start_a_call_is_released() -> None:
     assert HERMES.releasable("Hello <") == len("Hello ")
     assert HERMES.releasable("Hello <b>") == len("Hello <b>")
     assert HERMES.releasable("Hi " + CALL) == 3
+
+
+PIECES = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "_call>", "<", "{", "}", '"name"', ":", '"f"',
+                          '"arguments"', "[", "]", "1", " ", "\n", "text"])
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(pieces=st.lists(PIECES, max_size=14))
+def test_any_text_parses_without_error_and_releases_no_tag(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    answer = HERMES.answer(text)
+    assert answer.calls or answer.content == text
+    release = HERMES.releasable(text)
+    assert 0 <= release <= len(text) and "<tool_call>" not in text[:release]
+    # What is released stays released: a longer output never takes it back.
+    assert all(HERMES.releasable(text + more) >= release for more in ("", "x", "<tool_call>"))
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
