@@ -94,9 +94,9 @@ def _add_serve(commands: Any) -> None:
     server.add_argument("--port", type=int, default=8000, help="Port to listen on (default: %(default)s).")
     server.add_argument("--api-key", default=None,
                         help="Require `Authorization: Bearer KEY` on every route but /health.")
-    server.add_argument("--allowed-origins", nargs="+", default=(), metavar="ORIGIN",
-                        help="Let web pages from these origins (e.g. http://localhost:3000; * for any) call the "
-                             "API from a browser (CORS). Default: none.")
+    server.add_argument("--allowed-origin", action="append", dest="allowed_origins", default=[], metavar="ORIGIN",
+                        help="Let web pages from this origin (e.g. http://localhost:3000; * for any) call the API "
+                             "from a browser (CORS); repeat for more. Default: none.")
     server.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
                         help="Read tool calls from what the model writes, so tool_choice \"auto\" (the default "
                              "with tools) works: hermes for <tool_call>{...}</tool_call> (Qwen2.5, Qwen3, Hermes). "

@@ -49,8 +49,8 @@ def test_engine_flags_become_engine_args() -> None:
 
 
 def test_server_flags_become_the_server_config(capsys: pytest.CaptureFixture[str]) -> None:
-    args = build_parser().parse_args(["serve", "some/model", "--allowed-origins", "http://a.example", "*",
-                                      "--tool-call-parser", "hermes", "--api-key", "k"])
+    args = build_parser().parse_args(["serve", "--allowed-origin", "http://a.example", "--allowed-origin", "*",
+                                      "some/model", "--tool-call-parser", "hermes", "--api-key", "k"])
     config = server_config(args)
     assert config.allowed_origins == ("http://a.example", "*") and config.tool_call_parser == "hermes"
     assert config.api_key == "k" and config.served_model_name == "some/model"
