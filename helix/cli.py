@@ -99,8 +99,9 @@ def _add_serve(commands: Any) -> None:
                              "from a browser (CORS); repeat for more. Default: none.")
     server.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS, default=None,
                         help="Read tool calls from what the model writes, so tool_choice \"auto\" (the default "
-                             "with tools) works: hermes for <tool_call>{...}</tool_call> (Qwen2.5, Qwen3, Hermes). "
-                             "Without it, only forced calls (\"required\", a named function) are served.")
+                             "with tools) works: hermes for <tool_call>{...}</tool_call> (Qwen2.5, Qwen3, Hermes), "
+                             "llama3_json for Llama 3.1+'s {\"name\": ..., \"parameters\": ...}. Without it, only "
+                             "forced calls (\"required\", a named function) are served.")
     server.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="Model name clients must send (default: the model path or name as given).")
     server.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED_REQUESTS, metavar="N",

@@ -9,8 +9,9 @@
   model writes text and calls in its own syntax, which only a parser for
   that syntax can tell apart. `helix serve --tool-call-parser hermes` reads
   Hermes-style calls (Qwen2.5, Qwen3, Hermes): `<tool_call>{"name": ...,
-  "arguments": {...}}</tool_call>` blocks after any text. Without a parser,
-  "auto" is refused.
+  "arguments": {...}}</tool_call>` blocks after any text; `llama3_json` reads
+  Llama 3.1+'s: an answer made of `{"name": ..., "parameters": {...}}`
+  objects. Without a parser, "auto" is refused.
 
 Either way the answer's message holds the calls in `tool_calls` (and the
 text before them, if any, as content), with finish_reason "tool_calls"; an
@@ -28,7 +29,7 @@ from typing import Any
 from helix.frontend.protocol import FunctionCall, NamedToolChoice, ToolCall, ToolChoice, ToolDefinition
 from helix.structured_output import StructuredOutputs
 
-TOOL_CALL_PARSERS = ("hermes",)
+TOOL_CALL_PARSERS = ("hermes", "llama3_json")
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _HERMES_BLOCK = re.compile(re.escape(_HERMES_OPEN) + r"(.*?)(?:" + re.escape(_HERMES_CLOSE) + r"|\Z)", re.DOTALL)
@@ -93,7 +94,41 @@ class HermesToolCalls:
         return len(text)
 
 
-ToolCallPlan = ForcedToolCall | HermesToolCalls
+@dataclass(frozen=True)
+class Llama3JsonToolCalls:
+    """Llama 3.1+ with tools in its template: the whole answer is either text or calls,
+    `{"name": ..., "parameters": {...}}` objects separated by ";" (an answer that
+    starts with "{" is held until it ends, since it may be calls)."""
+
+    structured_outputs: StructuredOutputs | None = None
+
+    def answer(self, text: str) -> Answer:
+        if not text.lstrip().startswith("{"):
+            return Answer(text, [])
+        calls = []
+        decoder = json.JSONDecoder()
+        rest = text.strip()
+        while rest:
+            try:
+                document, end = decoder.raw_decode(rest)
+                arguments = document["parameters"] if "parameters" in document else document.get("arguments", {})
+                calls.append(_call(str(document["name"]), json.dumps(arguments)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                return Answer(text, [])
+            rest = rest[end:].lstrip()
+            if rest.startswith(";"):
+                rest = rest[1:].lstrip()
+            elif rest:
+                return Answer(text, [])
+        return Answer(None, calls)
+
+    def releasable(self, text: str) -> int:
+        stripped = text.lstrip()
+        return 0 if not stripped or stripped.startswith("{") else len(text)
+
+
+ToolCallPlan = ForcedToolCall | HermesToolCalls | Llama3JsonToolCalls
+_PARSERS = {"hermes": HermesToolCalls, "llama3_json": Llama3JsonToolCalls}
 
 
 def _call(name: str, arguments: str) -> ToolCall:
@@ -117,9 +152,9 @@ def plan_tool_calls(tools: list[ToolDefinition] | None, tool_choice: ToolChoice 
     if tool_choice in (None, "auto"):
         if parser is None:
             raise ValueError('tool_choice: "auto" (the default when tools are given) needs a server started with '
-                             '--tool-call-parser (hermes, for Qwen and Hermes models); send "required", a named '
-                             'function, or "none"')
-        return HermesToolCalls()
+                             '--tool-call-parser (hermes for Qwen and Hermes models, llama3_json for Llama 3.1+); '
+                             'send "required", a named function, or "none"')
+        return _PARSERS[parser]()
     if isinstance(tool_choice, NamedToolChoice):
         by_name = {tool.function.name: tool for tool in tools}
         chosen = by_name.get(tool_choice.function.name)

@@ -1,6 +1,6 @@
 """Tool calls parsed from what the model writes (tool_choice "auto" with
---tool-call-parser hermes): the parser on its own, then through the server, with
-the model's output pinned by a regex so that it writes a call."""
+--tool-call-parser): the parsers on their own, then through the server, with
+the model's output pinned by a regex so that it writes calls."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from helix.engine import AsyncEngine
-from helix.frontend.tool_calls import HermesToolCalls
+from helix.frontend.tool_calls import HermesToolCalls, Llama3JsonToolCalls
 from tests.frontend.conftest import LOOP, MODEL_NAME, running_server
 
 HERMES = HermesToolCalls()
+LLAMA3 = Llama3JsonToolCalls()
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Verona"}}\n</tool_call>'
 
 
@@ -48,6 +49,17 @@ def test_only_content_that_cannot_start_a_call_is_released() -> None:
     assert HERMES.releasable("Hi " + CALL) == 3
 
 
+def test_llama3_json_calls() -> None:
+    answer = LLAMA3.answer(' {"name": "f", "parameters": {"x": 1}}; {"name": "g", "arguments": {}}\n')
+    assert answer.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in answer.calls] == [("f", {"x": 1}),
+                                                                                           ("g", {})]
+    for text in ("The answer is 4.", '{"name": "f"} and then text', "{not json}", '{"parameters": {}}', "[1]"):
+        assert LLAMA3.answer(text) == type(answer)(text, [])
+    assert LLAMA3.releasable("The answer") == len("The answer")
+    assert LLAMA3.releasable('  {"na') == 0 and LLAMA3.releasable("  ") == 0
+
+
 PIECES = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "_call>", "<", "{", "}", '"name"', ":", '"f"',
                           '"arguments"', "[", "]", "1", " ", "\n", "text"])
 
@@ -62,11 +74,30 @@ def test_any_text_parses_without_error_and_releases_no_tag(pieces: list[str]) ->
     assert 0 <= release <= len(text) and "<tool_call>" not in text[:release]
     # What is released stays released: a longer output never takes it back.
     assert all(HERMES.releasable(text + more) >= release for more in ("", "x", "<tool_call>"))
+    llama = LLAMA3.answer(text)
+    assert llama.calls or llama.content == text
+    assert LLAMA3.releasable(text) in (0, len(text))
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 PINNED = {"structured_outputs": {"regex": re.escape("Let me look.\n" + CALL)}, "ignore_eos": True}
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_llama3_json_through_the_server(engine: AsyncEngine) -> None:
+    call = '{"name": "get_weather", "parameters": {"city": "Mantua"}}'
+    async with running_server(engine, tool_call_parser="llama3_json") as server:
+        client = AsyncOpenAI(base_url=server.url("/v1"), api_key="unused")
+        response = await client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Weather in Mantua?"}], tools=[WEATHER],
+            temperature=0.0, max_tokens=240,
+            extra_body={"structured_outputs": {"regex": re.escape(call)}, "ignore_eos": True})
+        (answer,) = response.choices
+        assert answer.finish_reason == "tool_calls" and answer.message.content is None
+        (made,) = answer.message.tool_calls
+        assert made.function.name == "get_weather" and json.loads(made.function.arguments) == {"city": "Mantua"}
+        await client.close()
 
 
 @pytest.mark.asyncio(loop_scope=LOOP)
