@@ -228,7 +228,7 @@ class ChatLogprobs(Struct):
 class AssistantMessage(Struct, kw_only=True):
     role: str = "assistant"
     content: str | None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET  # left out of the JSON when there are none
 
 
 class ChatChoice(Struct):

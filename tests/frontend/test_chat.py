@@ -172,6 +172,11 @@ async def test_chat_completion(client: AsyncOpenAI, server: Server, http: aiohtt
     plain = await client.completions.create(prompt=prompt, **GREEDY)
     assert plain.choices[0].text == choice.message.content
 
+    body = {"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 2}
+    async with http.post(server.url("/v1/chat/completions"), json=body) as raw:
+        message = (await raw.json())["choices"][0]["message"]
+    assert set(message) == {"role", "content"}  # no tool_calls key without calls, as OpenAI answers
+
 
 async def test_content_parts_and_max_completion_tokens(client: AsyncOpenAI) -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "The quick"}, {"type": "text", "text": "fox"}]}]
