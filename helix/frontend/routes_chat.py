@@ -50,7 +50,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         try:
             tool_calls = plan_tool_calls(body.tools, body.tool_choice, state.config.tool_call_parser)
             params = chat_params(body, tool_calls)
-            await check_structured_outputs(state, params, constraint_field(body))
+            forced = tool_calls is not None and tool_calls.structured_outputs is not None
+            await check_structured_outputs(state, params, "tools" if forced else constraint_field(body))
             tools = template_tools(body.tools) if tool_calls is not None else None
             prompt = PreparedPrompt(await tokenize_chat(state, body.messages, tools=tools), None)
             generation = prepare(state, new_request_id("chatcmpl"), [prompt], params, body.priority,
@@ -131,12 +132,9 @@ class _Chunks:
             # wait for the next chunk; their logprobs travel with it.
             if not (completion.text or (completion.finished and not self.finish_sent[i])):
                 continue
-            delta = ChatDelta(content=completion.text or None)
-            logprobs = self.view.logprobs(self.unsent_logprobs[i])
-            self.unsent_logprobs[i] = []
             self.tokens_sent[i] = completion.num_generated_tokens
             self.finish_sent[i] = completion.finished
-            chunks.append(self.view.chunk([ChatStreamChoice(i, delta, logprobs, completion.finish_reason)]))
+            chunks.append(self._content_chunk(i, completion.text, completion.finish_reason))
         return chunks
 
     def _on_call_output(self, plan: ToolCallPlan, output: RequestOutput) -> list[msgspec.Struct]:

@@ -57,17 +57,15 @@ def chat_params(body: ChatCompletionRequest, tool_calls: ToolCallPlan | None) ->
     structured = _structured_outputs(body)
     if tool_calls is not None and tool_calls.structured_outputs is not None:
         if structured is not None:
-            other = "structured_outputs" if body.structured_outputs is not None else "response_format"
-            raise ValueError(f"tool_choice: a forced tool call cannot also follow {other}")
+            raise ValueError(f"tool_choice: a forced tool call cannot also follow {constraint_field(body)}")
         structured = tool_calls.structured_outputs
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return _params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None, None, structured)
 
 
 def constraint_field(body: SamplingFields) -> str:
-    """The request field that asked for structured output, to name in errors."""
-    if isinstance(body, ChatCompletionRequest) and body.tools and body.tool_choice not in (None, "none", "auto"):
-        return "tools"
+    """The request field that asked for structured output, to name in errors (a
+    forced tool call's is "tools")."""
     return "structured_outputs" if body.structured_outputs is not None else "response_format"
 
 

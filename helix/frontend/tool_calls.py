@@ -29,7 +29,6 @@ from typing import Any
 from helix.frontend.protocol import FunctionCall, NamedToolChoice, ToolCall, ToolChoice, ToolDefinition
 from helix.structured_output import StructuredOutputs
 
-TOOL_CALL_PARSERS = ("hermes", "llama3_json")
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 _HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _HERMES_BLOCK = re.compile(re.escape(_HERMES_OPEN) + r"(.*?)(?:" + re.escape(_HERMES_CLOSE) + r"|\Z)", re.DOTALL)
@@ -129,6 +128,7 @@ class Llama3JsonToolCalls:
 
 ToolCallPlan = ForcedToolCall | HermesToolCalls | Llama3JsonToolCalls
 _PARSERS = {"hermes": HermesToolCalls, "llama3_json": Llama3JsonToolCalls}
+TOOL_CALL_PARSERS = tuple(_PARSERS)  # --tool-call-parser's choices
 
 
 def _call(name: str, arguments: str) -> ToolCall:
