@@ -208,6 +208,46 @@ def test_silu_and_mul(num_tokens: int, inter: int, dtype: torch.dtype) -> None:
     _check(f"silu_and_mul[{num_tokens}x{inter}]", out, reference.silu_and_mul(gate_up), exact=False, seed=seed)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("num_tokens", TOKENS)
+def test_folded_norm_scales_rotary_and_cache(num_tokens: int, head_dim: int, dtype: torch.dtype) -> None:
+    """With norm_of (folded norms), q, k and v are first scaled by 1/rms of their
+    token's stream row: within 2 ulps of the reference (the rms sums in another order)."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    num_kv_heads, block_size, num_blocks = NUM_HEADS // 4, 16, 80
+    widths = (NUM_HEADS * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim)
+    qkv = _randn((num_tokens, sum(widths)), dtype, gen, scale=2.0)
+    q, k, v = (part.view(num_tokens, -1, head_dim) for part in qkv.split(widths, dim=-1))
+    stream = _randn((num_tokens, 2048), dtype, gen, scale=5.0)
+    positions = torch.randint(0, MAX_POSITIONS, (num_tokens,), generator=gen).to(DEVICE)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens].to(DEVICE)
+    rotary = RotaryEmbedding(RopeConfig(theta=10000.0), head_dim, MAX_POSITIONS, dtype, reference).to(DEVICE)
+    cache = _randn((2, num_blocks, block_size, num_kv_heads, head_dim), dtype, gen, scale=1.0)
+    expected = cache.clone()
+    q_ref = reference.rotary_embedding_and_write_kv(positions, q, k, v, rotary.cos, rotary.sin, expected, slots,
+                                                    attention_reference.write_kv, stream, EPS)
+    q_out = fused.rotary_embedding_and_write_kv(positions, q, k, v, rotary.cos, rotary.sin, cache, slots,
+                                                attention_reference.write_kv, stream, EPS)
+    name = f"{num_tokens}x{NUM_HEADS}/{num_kv_heads}x{head_dim}"
+    _check(f"folded_rotary_q[{name}]", q_out, q_ref, exact=False, seed=seed)
+    _check(f"folded_rotary_cache[{name}]", cache, expected, exact=False, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter", INTERMEDIATE_SIZES)
+@pytest.mark.parametrize("num_tokens", TOKENS)
+def test_folded_norm_scales_silu_and_mul(num_tokens: int, inter: int, dtype: torch.dtype) -> None:
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    gate_up = _randn((num_tokens, 2 * inter), dtype, gen, scale=3.0)
+    stream = _randn((num_tokens, 4096), dtype, gen, scale=5.0)
+    out = fused.silu_and_mul(gate_up, stream, EPS)
+    _check(f"folded_silu_and_mul[{num_tokens}x{inter}]", out, reference.silu_and_mul(gate_up, stream, EPS),
+           exact=False, seed=seed)
+
+
 def test_zero_tokens() -> None:
     x = torch.empty((0, 2048), dtype=torch.bfloat16, device=DEVICE)
     weight = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
@@ -223,6 +263,7 @@ def test_zero_tokens() -> None:
 
 def test_selection() -> None:
     assert select_layer_kernels(DEVICE, torch.bfloat16).name == "triton"
+    assert select_layer_kernels(DEVICE, torch.bfloat16).folds_norms
     assert select_layer_kernels(torch.device("cpu"), torch.bfloat16).name == "torch"
     assert select_layer_kernels(DEVICE, torch.float64).name == "torch"
 
@@ -292,9 +333,10 @@ def _model_pair(arch: ArchConfig, seed: int) -> tuple[PagedModel, PagedModel]:
         for name, param in ref.named_parameters():
             if name.endswith("norm.weight"):
                 param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
-    model = _build(arch, LayerKernels("triton", fused))
-    model.load_state_dict(ref.state_dict())
+    model = _build(arch, LayerKernels("triton", fused, folds_norms=True))
+    model.load_state_dict(ref.state_dict())  # folds the norms where the architecture allows
     assert model.model.norm.kernels is fused and ref.model.norm.kernels is reference
+    assert model.folds_norms == arch.norms_foldable and not ref.folds_norms
     return PagedModel(ref), PagedModel(model)
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from helix.worker.kernels import torch_ops
 from helix.worker.kernels.torch_ops import WriteKV
 
 try:  # Triton is optional: CPU and DirectML installs do not have it.
@@ -82,10 +83,19 @@ if AVAILABLE:
         tl.store(out_ptr + row + cols, (weight * normed).to(dtype), mask=mask)
 
     @triton.jit
+    def _row_inverse_rms(x_ptr, hidden, eps, BLOCK_HIDDEN: tl.constexpr):
+        """fp32 1/rms of the row x[:hidden] (`torch_ops.inverse_rms`)."""
+        cols = tl.arange(0, BLOCK_HIDDEN)
+        x = tl.load(x_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
+        return tl.math.rsqrt(tl.math.div_rn(tl.sum(x * x, axis=0), hidden.to(tl.float32)) + eps)
+
+    @triton.jit
     def _rotate_heads(src_ptr, stride_h, stride_d, dst_ptr, dst_stride_h, num_heads, cos1, cos2, sin1, sin2,
-                      write, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+                      write, scale, SCALED: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                      BLOCK_H: tl.constexpr):
         """Rotate one token's heads: src [num_heads, 2*HALF] (strided) -> dst
         (heads dst_stride_h apart, dims contiguous); nothing is stored unless `write`.
+        With SCALED, src is first multiplied by `scale` and rounded (folded norms).
 
         out[:HALF] = x1*cos1 + (-x2)*sin1, out[HALF:] = x2*cos2 + x1*sin2, each
         product and the sum rounded as the reference rounds them."""
@@ -96,6 +106,9 @@ if AVAILABLE:
         x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(src + HALF * stride_d, mask=mask, other=0.0).to(tl.float32)
         dtype = dst_ptr.dtype.element_ty
+        if SCALED:
+            x1 = _round(x1 * scale, dtype)
+            x2 = _round(x2 * scale, dtype)
         out1 = _round(x1 * cos1, dtype) - _round(x2 * sin1, dtype)
         out2 = _round(x2 * cos2, dtype) + _round(x1 * sin2, dtype)
         dst = dst_ptr + heads * dst_stride_h + dims
@@ -126,40 +139,51 @@ if AVAILABLE:
         token = tl.program_id(0).to(tl.int64)
         cos1, cos2, sin1, sin2 = _trig_rows(positions_ptr, token, cos_ptr, sin_ptr, trig_stride, HALF, BLOCK_HALF)
         _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_stride_d, q_out_ptr + token * num_q_heads * 2 * HALF,
-                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_QH)
+                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, 1.0, False, HALF, BLOCK_HALF, BLOCK_QH)
         _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_stride_d, k_out_ptr + token * num_k_heads * 2 * HALF,
-                      2 * HALF, num_k_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_KH)
+                      2 * HALF, num_k_heads, cos1, cos2, sin1, sin2, True, 1.0, False, HALF, BLOCK_HALF, BLOCK_KH)
 
     @triton.jit
     def _rotary_cache_kernel(positions_ptr, cos_ptr, sin_ptr, trig_stride,
                              q_ptr, q_stride_t, q_stride_h, q_stride_d, q_out_ptr, num_q_heads,
                              k_ptr, k_stride_t, k_stride_h, k_stride_d, v_ptr, v_stride_t, v_stride_h,
                              num_k_heads, cache_ptr, slot_ptr, stride_c_kv, stride_c_blk, stride_c_tok,
-                             stride_c_head, BLOCK_SIZE: tl.constexpr, HALF: tl.constexpr,
+                             stride_c_head, norm_ptr, hidden, eps, SCALED: tl.constexpr,
+                             BLOCK_HIDDEN: tl.constexpr, BLOCK_SIZE: tl.constexpr, HALF: tl.constexpr,
                              BLOCK_HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr):
         """`_rotary_kernel` for q, then the rotated k and v of the token straight
-        into the paged cache at its slot (none for slot < 0)."""
+        into the paged cache at its slot (none for slot < 0). With SCALED, q, k
+        and v are first scaled by 1/rms of the token's row of norm [T, hidden]."""
         token = tl.program_id(0).to(tl.int64)
+        scale = 1.0
+        if SCALED:
+            scale = _row_inverse_rms(norm_ptr + token * hidden, hidden, eps, BLOCK_HIDDEN)
         cos1, cos2, sin1, sin2 = _trig_rows(positions_ptr, token, cos_ptr, sin_ptr, trig_stride, HALF, BLOCK_HALF)
         _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_stride_d, q_out_ptr + token * num_q_heads * 2 * HALF,
-                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, HALF, BLOCK_HALF, BLOCK_QH)
+                      2 * HALF, num_q_heads, cos1, cos2, sin1, sin2, True, scale, SCALED, HALF, BLOCK_HALF, BLOCK_QH)
         slot = tl.load(slot_ptr + token).to(tl.int64)
         write = slot >= 0
         at = tl.maximum(slot, 0)
         key_dst = cache_ptr + (at // BLOCK_SIZE) * stride_c_blk + (at % BLOCK_SIZE) * stride_c_tok
         _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_stride_d, key_dst, stride_c_head, num_k_heads,
-                      cos1, cos2, sin1, sin2, write, HALF, BLOCK_HALF, BLOCK_KH)
+                      cos1, cos2, sin1, sin2, write, scale, SCALED, HALF, BLOCK_HALF, BLOCK_KH)
         heads = tl.arange(0, BLOCK_KH)[:, None]
         dims = tl.arange(0, BLOCK_HALF)[None, :]
         mask = (heads < num_k_heads) & (dims < HALF) & write
         value = v_ptr + token * v_stride_t + heads * v_stride_h + dims
         value_dst = key_dst + stride_c_kv + heads * stride_c_head + dims
         dtype = cache_ptr.dtype.element_ty
-        tl.store(value_dst, tl.load(value, mask=mask, other=0.0).to(dtype), mask=mask)
-        tl.store(value_dst + HALF, tl.load(value + HALF, mask=mask, other=0.0).to(dtype), mask=mask)
+        v1 = tl.load(value, mask=mask, other=0.0).to(tl.float32)
+        v2 = tl.load(value + HALF, mask=mask, other=0.0).to(tl.float32)
+        if SCALED:
+            v1 = v1 * scale
+            v2 = v2 * scale
+        tl.store(value_dst, v1.to(dtype), mask=mask)
+        tl.store(value_dst + HALF, v2.to(dtype), mask=mask)
 
     @triton.jit
-    def _silu_and_mul_kernel(gate_up_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+    def _silu_and_mul_kernel(gate_up_ptr, out_ptr, inter, norm_ptr, hidden, eps, SCALED: tl.constexpr,
+                             BLOCK_HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < inter
@@ -167,6 +191,10 @@ if AVAILABLE:
         gate = tl.load(gate_ptr, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(gate_ptr + inter, mask=mask, other=0.0).to(tl.float32)
         dtype = out_ptr.dtype.element_ty
+        if SCALED:  # folded norm: gate_up times 1/rms of the row of norm [T, hidden], rounded
+            scale = _row_inverse_rms(norm_ptr + row * hidden, hidden, eps, BLOCK_HIDDEN)
+            gate = _round(gate * scale, dtype)
+            up = _round(up * scale, dtype)
         silu = _round(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)), dtype)
         tl.store(out_ptr + row * inter + cols, (silu * up).to(dtype), mask=mask)
 
@@ -225,14 +253,19 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
 
 def rotary_embedding_and_write_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor,
-                                  slot_mapping: torch.Tensor, write_kv: WriteKV) -> torch.Tensor:
+                                  slot_mapping: torch.Tensor, write_kv: WriteKV,
+                                  norm_of: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """`torch_ops.rotary_embedding_and_write_kv` in one launch: returns the new
     rotated q and stores the rotated k and v [T, Hkv, D] at their slots of
-    kv_cache [2, blocks, block_size, Hkv, D] (none for slot < 0). Where the
-    cache's dtype or layout does not allow it, the rotation and `write_kv` run
-    one after the other."""
+    kv_cache [2, blocks, block_size, Hkv, D] (none for slot < 0); with
+    `norm_of` [T, H] (contiguous), q, k and v are first scaled by its inverse
+    rms. Where the cache's dtype or layout does not allow it, the scaling,
+    the rotation and `write_kv` run one after the other."""
     num_tokens, num_q_heads, head_dim = q.shape
     if kv_cache.dtype != q.dtype or kv_cache.stride(-1) != 1 or v.stride(-1) != 1:
+        if norm_of is not None:
+            scale = torch_ops.inverse_rms(norm_of, eps)
+            q, k, v = (torch_ops.scale_rows(t, scale) for t in (q, k, v))
         q_out, k_out = rotary_embedding(positions, q, k, cos, sin)
         write_kv(k_out, v, kv_cache, slot_mapping)
         return q_out
@@ -245,6 +278,7 @@ def rotary_embedding_and_write_kv(positions: torch.Tensor, q: torch.Tensor, k: t
         q, q.stride(0), q.stride(1), q.stride(2), q_out, num_q_heads,
         k, k.stride(0), k.stride(1), k.stride(2), v, v.stride(0), v.stride(1), num_k_heads,
         kv_cache, slot_mapping, kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        *_norm_args(norm_of, q, eps),
         BLOCK_SIZE=kv_cache.shape[2], HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
         BLOCK_QH=triton.next_power_of_2(num_q_heads), BLOCK_KH=triton.next_power_of_2(num_k_heads),
         num_warps=_ROTARY_WARPS, **_NO_CONTRACTION,
@@ -252,15 +286,25 @@ def rotary_embedding_and_write_kv(positions: torch.Tensor, q: torch.Tensor, k: t
     return q_out
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for gate_up = [gate | up]: [T, 2I] -> a new [T, I], in gate_up's dtype."""
+def silu_and_mul(gate_up: torch.Tensor, norm_of: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up]: [T, 2I] -> a new [T, I], in gate_up's dtype;
+    with `norm_of` [T, H] (contiguous), gate_up is first scaled by its inverse rms."""
     gate_up = gate_up.contiguous()
     num_tokens, inter = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((num_tokens, inter), dtype=gate_up.dtype, device=gate_up.device)
     if num_tokens == 0:
         return out
     block = min(_SILU_BLOCK, triton.next_power_of_2(inter))
-    _silu_and_mul_kernel[(num_tokens, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block,
+    _silu_and_mul_kernel[(num_tokens, triton.cdiv(inter, block))](gate_up, out, inter,
+                                                                   *_norm_args(norm_of, gate_up, eps), BLOCK=block,
                                                                    num_warps=4 if block >= 512 else 1,
                                                                    **_NO_CONTRACTION)
     return out
+
+
+def _norm_args(norm_of: torch.Tensor | None, placeholder: torch.Tensor, eps: float) -> tuple:
+    """(norm_ptr, hidden, eps, SCALED, BLOCK_HIDDEN) for a kernel that may scale by 1/rms of norm_of's rows."""
+    if norm_of is None:
+        return placeholder, 1, 0.0, False, 1
+    assert norm_of.is_contiguous(), "norm_of: rows must be contiguous"
+    return norm_of, norm_of.shape[1], float(eps), True, triton.next_power_of_2(norm_of.shape[1])

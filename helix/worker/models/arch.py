@@ -49,6 +49,13 @@ class ArchConfig:
     qk_norm: bool
     sliding_window: int | None
 
+    @property
+    def norms_foldable(self) -> bool:
+        """Whether the RMSNorm before the qkv and gate_up projections can fold into their
+        weights: the norm's per-token scale must pass through to the next op (no bias to
+        add after the projection, no per-head norm before RoPE)."""
+        return not (self.qkv_bias or self.mlp_bias or self.qk_norm)
+
     @classmethod
     def from_hf(cls, hf_config: Any) -> "ArchConfig":
         architecture = _architecture_of(hf_config)

@@ -75,6 +75,12 @@ class Attention(nn.Module):
         self.sliding_window = arch.sliding_window
 
     def forward(self, hidden: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.o_proj(self.attend(hidden, kv_cache, meta))
+
+    def attend(self, hidden: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+               norm_of: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+        """hidden [T, hidden_size] -> attention output [T, num_heads * head_dim], before
+        o_proj. With folded norms, hidden is the raw stream and `norm_of` is it too."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split(self.shard_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -82,9 +88,9 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.rotary(meta.positions, q, k, v, kv_cache, meta.slot_mapping, self.backend.write_kv)
+        q = self.rotary(meta.positions, q, k, v, kv_cache, meta.slot_mapping, self.backend.write_kv, norm_of, eps)
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.sliding_window)
-        return self.o_proj(out.reshape(num_tokens, -1))
+        return out.reshape(num_tokens, -1)
 
 
 class MLP(nn.Module):
@@ -118,16 +124,35 @@ class DecoderLayer(nn.Module):
         hidden, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def forward_folded(self, stream: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> None:
+        """The layer with its norms' weights folded into qkv_proj and gate_up_proj
+        (`LlamaForCausalLM.fold_norms`): stream [T, hidden_size], the residual
+        stream, gains the attention and then the MLP output in place, each added
+        by its output projection's GEMM; the norms' 1/rms scales are applied by
+        the kernels after qkv_proj (RoPE) and gate_up_proj (SiLU-and-mul)."""
+        attention = self.self_attn.attend(stream, kv_cache, meta, stream, self.input_layernorm.eps)
+        stream.addmm_(attention, self.self_attn.o_proj.weight.t())
+        gate_up = self.mlp.gate_up_proj(stream)
+        act = self.mlp.kernels.silu_and_mul(gate_up, stream, self.post_attention_layernorm.eps)
+        stream.addmm_(act, self.mlp.down_proj.weight.t())
+
 
 class DecoderModel(nn.Module):
-    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend, kernels: ModuleType):
+    def __init__(self, arch: ArchConfig, dtype: torch.dtype, backend: AttentionBackend, kernels: ModuleType,
+                 folded_norms: bool = False):
         super().__init__()
+        self.folded_norms = folded_norms
         rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings, dtype, kernels)
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(arch, rotary, backend, kernels) for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
 
     def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        if self.folded_norms:
+            stream = self.embed_tokens(input_ids)  # a new tensor: the layers add into it
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                layer.forward_folded(stream, kv_cache, meta)
+            return self.norm(stream)
         hidden, residual = self.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual = layer(hidden, residual, kv_cache, meta)
@@ -148,10 +173,15 @@ class LlamaForCausalLM(nn.Module):
             kernels = select_layer_kernels(torch.get_default_device(), dtype)
         self.arch = arch
         self.attention_backend = backend.name
-        self.model = DecoderModel(arch, dtype, backend, kernels.impl)
+        # Folded norms hold only while every weight write is followed by fold_norms:
+        # load_weights and load_state_dict fold; dummy weights keep norms at 1.
+        self.folds_norms = kernels.folds_norms and arch.norms_foldable
+        self.model = DecoderModel(arch, dtype, backend, kernels.impl, self.folds_norms)
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if self.folds_norms:
+            self.register_load_state_dict_post_hook(_fold_after_load)
 
     def forward(self, input_ids: torch.Tensor, kv_caches: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         # input_ids: [num_tokens]; kv_caches: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
@@ -185,6 +215,19 @@ class LlamaForCausalLM(nn.Module):
                     pending_shards.setdefault(target, set()).add(shard)
             loaded.add(target)
         self._check_complete(params, loaded, pending_shards)
+        if self.folds_norms:
+            self.fold_norms()
+
+    @torch.no_grad()
+    def fold_norms(self) -> None:
+        """Multiply each layer's input and post-attention norm weights into the
+        columns of qkv_proj and gate_up_proj (in fp32, rounded once), then set the
+        norm weights to 1, so folding again changes nothing. The final norm stays."""
+        for layer in self.model.layers:
+            for norm, projection in ((layer.input_layernorm, layer.self_attn.qkv_proj),
+                                     (layer.post_attention_layernorm, layer.mlp.gate_up_proj)):
+                projection.weight.copy_(projection.weight.float() * norm.weight.float())
+                norm.weight.fill_(1.0)
 
     def _shard_view(self, target: str, param: torch.Tensor, shard: int) -> torch.Tensor:
         if ".qkv_proj." in target:
@@ -202,6 +245,12 @@ class LlamaForCausalLM(nn.Module):
                    if len(shards) != (3 if ".qkv_proj." in n else 2)]
         if missing or partial:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing + partial)[:8]}")
+
+
+def _fold_after_load(model: nn.Module, incompatible_keys: object) -> None:
+    """load_state_dict's post-hook on models that fold their norms."""
+    assert isinstance(model, LlamaForCausalLM)
+    model.fold_norms()
 
 
 def _is_ignored(name: str) -> bool:

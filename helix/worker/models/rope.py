@@ -53,9 +53,11 @@ class RotaryEmbedding(torch.nn.Module):
         self.kernels = kernels
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                kv_cache: torch.Tensor, slot_mapping: torch.Tensor, write_kv: WriteKV) -> torch.Tensor:
+                kv_cache: torch.Tensor, slot_mapping: torch.Tensor, write_kv: WriteKV,
+                norm_of: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
         """The rotated q; the rotated k and v go to the cache at their slots (one
         kernel with the Triton ops, else `write_kv`, the attention backend's).
-        positions: [T]; q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]."""
+        positions: [T]; q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim];
+        norm_of: [T, hidden], the stream whose folded norm scales q, k and v first."""
         return self.kernels.rotary_embedding_and_write_kv(positions, q, k, v, self.cos, self.sin, kv_cache,
-                                                          slot_mapping, write_kv)
+                                                          slot_mapping, write_kv, norm_of, eps)
