@@ -42,6 +42,18 @@ class PagedRunner:
         starts = meta.query_start_loc_host
         return {seq_id: logits[starts[i]:starts[i + 1]] for i, seq_id in enumerate(chunks)}
 
+    def greedy_decode(self, sequences: dict[str, list[int]], logits: dict[str, torch.Tensor],
+                      num_steps: int) -> dict[str, torch.Tensor]:
+        """`num_steps` greedy decode steps after a step that returned `logits`: each
+        sequence's argmax token is appended to its list in `sequences`. Returns the
+        last step's logits."""
+        for _ in range(num_steps):
+            next_tokens = {s: [int(logits[s][-1].argmax())] for s in sequences}
+            for seq_id, token in next_tokens.items():
+                sequences[seq_id] = sequences[seq_id] + token
+            logits = self.step(next_tokens)
+        return logits
+
     def release(self, seq_id: str) -> None:
         self.tables.free(seq_id)
         del self.num_computed[seq_id]

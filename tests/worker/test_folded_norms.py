@@ -66,11 +66,7 @@ def test_folded_model_matches_transformers(arch: str, random_norm_dirs: dict[str
     logits = runner.step(sequences)
     for seq_id, tokens in sequences.items():
         assert_close(logits[seq_id], reference_logits(reference, tokens))
-    for _ in range(12):
-        next_tokens = {s: [int(logits[s][-1].argmax())] for s in sequences}
-        for seq_id, token in next_tokens.items():
-            sequences[seq_id] = sequences[seq_id] + token
-        logits = runner.step(next_tokens)
+    logits = runner.greedy_decode(sequences, logits, num_steps=12)
     for seq_id, tokens in sequences.items():
         assert_close(logits[seq_id], reference_logits(reference, tokens)[-1:])
 

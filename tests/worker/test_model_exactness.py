@@ -66,11 +66,7 @@ def test_fifty_decode_steps_on_shuffled_blocks(arch: str, tiny_model_dirs: dict[
     rng = random.Random(3)
     sequences = {f"s{i}": random_prompt(rng, n) for i, n in enumerate([5, 12, 30])}
     logits = runner.step(sequences)
-    for _ in range(50):
-        next_tokens = {s: [int(logits[s][-1].argmax())] for s in sequences}
-        for seq_id, token in next_tokens.items():
-            sequences[seq_id] = sequences[seq_id] + token
-        logits = runner.step(next_tokens)
+    logits = runner.greedy_decode(sequences, logits, num_steps=50)
     for seq_id, tokens in sequences.items():
         table = runner.tables.get(seq_id)
         assert any(b + 1 != c for b, c in zip(table, table[1:])), "blocks should be non-contiguous"
